@@ -1,0 +1,165 @@
+//! Sluice configuration: the TOML schema (`sluice.toml`), its validation, and the one snapshot
+//! that the data plane reads, published through `arc-swap` so a reload is one atomic pointer swap
+//! and readers never take a lock.
+//!
+//! Nothing here reads the environment: the upstream key's *variable name* is configuration; the
+//! binary resolves it.
+
+mod schema;
+
+pub use schema::{
+    AuthConfig, Config, LogConfig, ServerConfig, StoreConfig, TenantConfig, UpstreamConfig,
+};
+
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path that was tried.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown/mistyped keys.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// The TOML parsed but breaks a rule (the string says which).
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// The tenant named `name`, if declared.
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.tenants {
+            if !valid_name(&t.name) {
+                return bad(format!(
+                    "tenant name {:?}: use 1-64 characters of a-z, 0-9, '-' and '_'",
+                    t.name
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return bad(format!("tenant {:?} is declared twice", t.name));
+            }
+        }
+        let base = &self.upstream.base_url;
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return bad(format!(
+                "upstream.base_url {base:?} must start with http:// or https://"
+            ));
+        }
+        if let Some(url) = &self.server.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return bad(format!(
+                "server.public_url {url:?} must start with http:// or https://"
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return bad("server.max_body_bytes must be greater than 0".into());
+        }
+        if self.store.ledger_queue_capacity == 0 || self.store.ledger_batch_max == 0 {
+            return bad("store.ledger_queue_capacity and store.ledger_batch_max must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Tenant names appear in logs, metrics labels and messages, so they are kept to a safe charset.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// The live configuration: readers `load()` a snapshot without locking; a reload `store()`s a new
+/// one, and requests already running keep the snapshot they started with.
+pub type SharedConfig = Arc<ArcSwap<Config>>;
+
+/// Wrap a validated config for sharing.
+pub fn shared(cfg: Config) -> SharedConfig {
+    Arc::new(ArcSwap::from_pointee(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../../../examples/sluice.toml");
+        let cfg = Config::from_toml(text).unwrap();
+        assert!(cfg.tenant("web").is_some());
+    }
+
+    #[test]
+    fn empty_config_gets_defaults() {
+        let cfg = Config::from_toml("").unwrap();
+        assert_eq!(cfg.server.listen, "127.0.0.1:8080");
+        assert_eq!(cfg.server.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(cfg.upstream.base_url, "https://api.anthropic.com");
+        assert_eq!(cfg.upstream.api_key_env, "ANTHROPIC_API_KEY");
+        assert_eq!(cfg.store.path, "./sluice.db");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[server]\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_and_bad_tenant_names_are_rejected() {
+        let dup = "[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\n";
+        assert!(Config::from_toml(dup).unwrap_err().to_string().contains("twice"));
+        let bad = "[[tenants]]\nname = \"Web Team\"\n";
+        assert!(Config::from_toml(bad).is_err());
+    }
+
+    #[test]
+    fn bad_urls_are_rejected() {
+        assert!(Config::from_toml("[upstream]\nbase_url = \"ftp://x\"\n").is_err());
+        assert!(Config::from_toml("[server]\npublic_url = \"gateway\"\n").is_err());
+    }
+
+    #[test]
+    fn a_swap_is_seen_by_new_readers_only() {
+        let live = shared(Config::from_toml("").unwrap());
+        let before = live.load_full();
+        let mut next = (*before).clone();
+        next.server.max_body_bytes = 7;
+        live.store(Arc::new(next));
+        assert_eq!(before.server.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(live.load().server.max_body_bytes, 7);
+    }
+}

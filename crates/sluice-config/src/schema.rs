@@ -1,0 +1,166 @@
+//! The TOML schema. Every table rejects unknown keys, so a typo is an error at load, not a
+//! silently ignored setting. Defaults are chosen so an empty file runs a working gateway.
+
+use serde::Deserialize;
+
+/// The whole `sluice.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The client-facing listener.
+    pub server: ServerConfig,
+    /// Where calls are forwarded.
+    pub upstream: UpstreamConfig,
+    /// The state database (keys, batches, ledger).
+    pub store: StoreConfig,
+    /// Key authentication.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The application teams allowed to call.
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest request body accepted (bytes); larger gets 413 `request_too_large`.
+    pub max_body_bytes: usize,
+    /// The gateway's own address as clients reach it, used to rewrite batch `results_url`.
+    /// When unset, `http://` plus the request's `Host` header is used.
+    pub public_url: Option<String>,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests (streams included) may take to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 32 * 1024 * 1024,
+            public_url: None,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// `[upstream]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL of the Anthropic API (or a compatible endpoint).
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream API key.
+    pub api_key_env: String,
+    /// The key itself. Prefer `api_key_env`: a key in a file is easier to leak.
+    pub api_key: Option<String>,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Longest wait for the upstream's response headers. Non-streaming replies of long
+    /// generations arrive only at the end, so this is generous by default.
+    pub first_byte_timeout_ms: u64,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    /// How long an idle upstream connection is kept.
+    pub pool_idle_timeout_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.anthropic.com".into(),
+            api_key_env: "ANTHROPIC_API_KEY".into(),
+            api_key: None,
+            connect_timeout_ms: 5_000,
+            first_byte_timeout_ms: 600_000,
+            pool_max_idle_per_host: 1024,
+            pool_idle_timeout_secs: 60,
+        }
+    }
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// SQLite database file (created if missing; WAL mode).
+    pub path: String,
+    /// Ledger rows that may wait for the writer; past this, rows are dropped and counted.
+    pub ledger_queue_capacity: usize,
+    /// Most rows written in one transaction.
+    pub ledger_batch_max: usize,
+    /// Longest a row waits before its batch is written.
+    pub ledger_flush_interval_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "./sluice.db".into(),
+            ledger_queue_capacity: 100_000,
+            ledger_batch_max: 2_000,
+            ledger_flush_interval_ms: 100,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// How often the gateway checks the key table for new or revoked keys. A revocation takes
+    /// effect within this interval.
+    pub key_refresh_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            key_refresh_ms: 1_000,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`.
+    pub format: String,
+    /// Default filter when `RUST_LOG` is unset (e.g. `info`, `sluice=debug`).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// One `[[tenants]]` entry: an application team.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique name (a-z, 0-9, '-', '_').
+    pub name: String,
+    /// Free text for operators.
+    #[serde(default)]
+    pub description: String,
+    /// A disabled tenant's keys get 403 `permission_error`.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Log request bodies and JSON reply bodies of this tenant's calls (off by default: prompts
+    /// and completions are not logged unless a tenant asks for it).
+    #[serde(default)]
+    pub log_bodies: bool,
+}
+
+fn yes() -> bool {
+    true
+}
