@@ -1,0 +1,15 @@
+//! The Anthropic Messages API wire, as far as Sluice needs to understand it: a partial parse of
+//! request bodies (model, max_tokens, stream) that never re-serialises, usage extraction from
+//! JSON replies, an incremental SSE usage tap that is correct under arbitrary chunk splits, and
+//! the upstream's error shape.
+
+pub mod error;
+pub mod request;
+pub mod response;
+pub mod sse;
+mod wire;
+
+pub use error::{error_body, sse_error_event};
+pub use request::{MessageRequest, WireError, parse_message_request};
+pub use response::{MessageSummary, parse_message_response};
+pub use sse::{SseTap, StreamError, StreamSummary};

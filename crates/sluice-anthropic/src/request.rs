@@ -1,0 +1,523 @@
+//! Partial parse of a `POST /v1/messages` (or `count_tokens`) body: only the fields policy needs.
+//!
+//! The body is forwarded byte for byte, so it is never built into a `serde_json::Value`: unknown
+//! keys are skipped by the tokenizer and the three policy fields are read through borrowed
+//! visitors.
+
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+/// Why a request body was refused before it reached the upstream.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The body is not valid JSON (the string says where, as serde_json reports it).
+    #[error("request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// Valid JSON, but not an object.
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    /// `model` is absent (or null).
+    #[error("model: field required")]
+    MissingModel,
+    /// A field policy reads has the wrong type (e.g. `max_tokens: "ten"`).
+    #[error("{field}: {reason}")]
+    InvalidField {
+        /// The field name.
+        field: &'static str,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// What the data plane reads from a Messages request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRequest {
+    /// The requested model id.
+    pub model: String,
+    /// `max_tokens`, when present.
+    pub max_tokens: Option<u64>,
+    /// `stream: true`.
+    pub stream: bool,
+}
+
+/// Parse just enough of a Messages body; unknown fields are skipped without being built.
+///
+/// Checks, in order (the first failure is returned):
+/// 1. the body is UTF-8 JSON with nothing after the value, else [`WireError::MalformedJson`];
+/// 2. the value is an object, else [`WireError::NotAnObject`];
+/// 3. none of `model`, `max_tokens`, `stream` appears twice, else [`WireError::InvalidField`];
+/// 4. `model` is present and not `null`, else [`WireError::MissingModel`];
+/// 5. `model` is a non-empty string, `max_tokens` (if present and not `null`) is an integer in
+///    `0..=u64::MAX`, `stream` (if present and not `null`) is a boolean, else
+///    [`WireError::InvalidField`].
+///
+/// The only allocation on success is the returned model string (plus serde_json's scratch buffer
+/// when a key or the model contains escapes).
+pub fn parse_message_request(body: &[u8]) -> Result<MessageRequest, WireError> {
+    // serde_json's slice reader does not check UTF-8 inside strings it skips, and the JSON
+    // grammar requires UTF-8 throughout; checking here keeps "is it JSON" one answer.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        WireError::MalformedJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let top = Top::deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
+        .map_err(|e| WireError::MalformedJson(e.to_string()))?;
+    let fields = match top {
+        Top::Object(fields) => fields,
+        Top::Other => return Err(WireError::NotAnObject),
+    };
+    if let Some(field) = fields.duplicate {
+        // Gateway policy and the upstream must read the same value; with a repeated key they
+        // might not (first wins here, last wins in many parsers), so neither is trusted.
+        return Err(invalid(field, "must not be repeated"));
+    }
+    let model = match fields.model {
+        None | Some(Val::Null) => return Err(WireError::MissingModel),
+        Some(Val::Str(s)) if s.is_empty() => return Err(invalid("model", "must not be empty")),
+        Some(Val::Str(s)) => s.into_owned(),
+        Some(other) => return Err(invalid_kind("model", "must be a string", &other)),
+    };
+    let max_tokens = match fields.max_tokens {
+        None | Some(Val::Null) => None,
+        Some(Val::UInt(n)) => Some(n),
+        Some(other) => {
+            return Err(invalid_kind(
+                "max_tokens",
+                "must be a non-negative integer",
+                &other,
+            ));
+        }
+    };
+    let stream = match fields.stream {
+        None | Some(Val::Null) => false,
+        Some(Val::Bool(b)) => b,
+        Some(other) => return Err(invalid_kind("stream", "must be a boolean", &other)),
+    };
+    Ok(MessageRequest {
+        model,
+        max_tokens,
+        stream,
+    })
+}
+
+fn invalid(field: &'static str, reason: &str) -> WireError {
+    WireError::InvalidField {
+        field,
+        reason: reason.to_owned(),
+    }
+}
+
+fn invalid_kind(field: &'static str, reason: &str, got: &Val<'_>) -> WireError {
+    WireError::InvalidField {
+        field,
+        reason: format!("{reason}, not {}", got.describe()),
+    }
+}
+
+/// The top-level value: only whether it is an object matters, and then only three of its keys.
+enum Top<'a> {
+    Object(Fields<'a>),
+    Other,
+}
+
+#[derive(Default)]
+struct Fields<'a> {
+    model: Option<Val<'a>>,
+    max_tokens: Option<Val<'a>>,
+    stream: Option<Val<'a>>,
+    /// The first policy field seen twice.
+    duplicate: Option<&'static str>,
+}
+
+/// A policy field's value, classified but never rejected during the parse: type errors are
+/// reported only once the whole body is known to be JSON, so a syntax error always wins.
+enum Val<'a> {
+    Null,
+    Bool(bool),
+    UInt(u64),
+    /// A negative integer.
+    Int,
+    /// A number with a fraction or exponent, or an integer beyond `u64`.
+    Float,
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Val<'_> {
+    fn describe(&self) -> &'static str {
+        match self {
+            Val::Null => "null",
+            Val::Bool(_) => "a boolean",
+            Val::UInt(_) | Val::Int | Val::Float => "a number",
+            Val::Str(_) => "a string",
+            Val::Array => "an array",
+            Val::Object => "an object",
+        }
+    }
+}
+
+enum Key {
+    Model,
+    MaxTokens,
+    Stream,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+            // Keys arrive unescaped, so `"mod\u0065l"` is `model` here as it is upstream.
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(match v {
+                    "model" => Key::Model,
+                    "max_tokens" => Key::MaxTokens,
+                    "stream" => Key::Stream,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Val<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Val<'a>, E> {
+                Ok(Val::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Val<'a>, E> {
+                Ok(Val::Null)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Val<'a>, E> {
+                Ok(Val::Bool(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Val<'a>, E> {
+                Ok(Val::UInt(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Val<'a>, E> {
+                Ok(u64::try_from(v).map_or(Val::Int, Val::UInt))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Val<'a>, E> {
+                Ok(Val::Float)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Val<'a>, E> {
+                Ok(Val::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Val<'a>, E> {
+                Ok(Val::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Val<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Val::Array)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Val<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Val::Object)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Top<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'a>, A::Error> {
+                let mut f = Fields::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    let (slot, name) = match key {
+                        Key::Model => (&mut f.model, "model"),
+                        Key::MaxTokens => (&mut f.max_tokens, "max_tokens"),
+                        Key::Stream => (&mut f.stream, "stream"),
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let value = map.next_value::<Val<'a>>()?;
+                    if slot.is_some() {
+                        f.duplicate.get_or_insert(name);
+                    } else {
+                        *slot = Some(value);
+                    }
+                }
+                Ok(Top::Object(f))
+            }
+            // Arrays are drained rather than refused early so that a broken array is still
+            // reported as malformed JSON, not as "not an object".
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Top::Other)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Top<'a>, E> {
+                Ok(Top::Other)
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn ok(body: &str) -> MessageRequest {
+        parse_message_request(body.as_bytes()).unwrap()
+    }
+
+    fn err(body: &[u8]) -> WireError {
+        parse_message_request(body).unwrap_err()
+    }
+
+    fn field(name: &'static str, reason: &str) -> WireError {
+        WireError::InvalidField {
+            field: name,
+            reason: reason.to_owned(),
+        }
+    }
+
+    #[test]
+    fn reads_the_three_fields_and_skips_everything_else() {
+        let r = ok(
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"hi \"model\": x"}]}],
+                       "model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,
+                       "metadata":{"model":"other","stream":false},"tools":[],"temperature":0.5}"#,
+        );
+        assert_eq!(
+            r,
+            MessageRequest {
+                model: "claude-sonnet-4-5".into(),
+                max_tokens: Some(1024),
+                stream: true
+            }
+        );
+    }
+
+    #[test]
+    fn optional_fields_default() {
+        let r = ok(r#" {"model":"m"} "#);
+        assert_eq!((r.max_tokens, r.stream), (None, false));
+        let r = ok(r#"{"model":"m","max_tokens":null,"stream":null}"#);
+        assert_eq!((r.max_tokens, r.stream), (None, false));
+        let r = ok(r#"{"model":"m","max_tokens":0,"stream":false}"#);
+        assert_eq!((r.max_tokens, r.stream), (Some(0), false));
+        let r = ok(&format!(r#"{{"model":"m","max_tokens":{}}}"#, u64::MAX));
+        assert_eq!(r.max_tokens, Some(u64::MAX));
+    }
+
+    #[test]
+    fn escaped_keys_and_values_are_decoded() {
+        let r = ok(r#"{"mod\u0065l":"claude-\u0068aiku","str\u0065am":true}"#);
+        assert_eq!(r.model, "claude-haiku");
+        assert!(r.stream);
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_json() {
+        for body in [
+            &b""[..],
+            b"   ",
+            b"{",
+            b"{\"model\":\"m\"",
+            b"{\"model\":\"m\",}",
+            b"{\"model\":\"m\"} x",
+            b"{\"model\":\"m\"}{}",
+            b"{'model':'m'}",
+            b"[1,2",
+            b"nul",
+            b"{\"model\":\"m\",\"x\":\"\xff\"}",
+            b"{\"model\":\"m\",\"x\":\"a\x01b\"}",
+            // A syntax error after a wrongly typed field still reports the syntax error.
+            b"{\"max_tokens\":\"ten\",",
+        ] {
+            assert!(
+                matches!(err(body), WireError::MalformedJson(_)),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let WireError::MalformedJson(msg) = err(b"{\"model\":") else {
+            unreachable!()
+        };
+        assert!(msg.contains("line 1 column"), "{msg}");
+        let WireError::MalformedJson(msg) = err(b"{\"model\":\"\xc3\"}") else {
+            unreachable!()
+        };
+        assert_eq!(msg, "invalid UTF-8 at byte 10");
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_without_recursion() {
+        // serde_json skips ignored values with a loop, not recursion, so depth costs no stack.
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = format!(r#"{{"model":"m","x":{deep}}}"#);
+        assert_eq!(ok(&body).model, "m");
+        let body = format!(r#"{{"model":{deep}}}"#);
+        assert_eq!(
+            err(body.as_bytes()),
+            field("model", "must be a string, not an array")
+        );
+        assert_eq!(err(deep.as_bytes()), WireError::NotAnObject);
+        let broken = format!(r#"{{"model":"m","x":{}}}"#, "[".repeat(100_000));
+        assert!(matches!(
+            err(broken.as_bytes()),
+            WireError::MalformedJson(_)
+        ));
+    }
+
+    #[test]
+    fn skipped_values_are_checked_for_syntax_only() {
+        // Valid by the JSON grammar but not representable in serde_json's `Value`: skipped values
+        // are not built, so they pass (the upstream decides what it makes of them).
+        assert_eq!(ok(r#"{"model":"m","temperature":1e400}"#).model, "m");
+        assert_eq!(ok(r#"{"model":"m","system":"\ud800"}"#).model, "m");
+        // In a field that is read they are refused, as JSON serde_json cannot represent.
+        assert!(matches!(
+            err(br#"{"model":"m","max_tokens":1e400}"#),
+            WireError::MalformedJson(m) if m.contains("number out of range")
+        ));
+        assert!(matches!(
+            err(br#"{"model":"\ud800"}"#),
+            WireError::MalformedJson(_)
+        ));
+    }
+
+    #[test]
+    fn other_json_values_are_not_objects() {
+        for body in [
+            "[]",
+            "[{\"model\":\"m\"}]",
+            "null",
+            "true",
+            "1",
+            "-1.5e3",
+            "\"model\"",
+        ] {
+            assert_eq!(err(body.as_bytes()), WireError::NotAnObject, "{body}");
+        }
+    }
+
+    #[test]
+    fn model_must_be_present_non_null_non_empty_string() {
+        assert_eq!(err(b"{}"), WireError::MissingModel);
+        assert_eq!(
+            err(br#"{"model":null,"max_tokens":"x"}"#),
+            WireError::MissingModel
+        );
+        assert_eq!(err(br#"{"model":""}"#), field("model", "must not be empty"));
+        assert_eq!(
+            err(br#"{"model":42}"#),
+            field("model", "must be a string, not a number")
+        );
+        assert_eq!(
+            err(br#"{"model":["m"]}"#),
+            field("model", "must be a string, not an array")
+        );
+        assert_eq!(
+            err(br#"{"model":{"id":"m"}}"#),
+            field("model", "must be a string, not an object")
+        );
+    }
+
+    #[test]
+    fn max_tokens_must_be_a_non_negative_integer() {
+        for (v, got) in [
+            ("\"ten\"", "a string"),
+            ("-1", "a number"),
+            ("10.0", "a number"),
+            ("1e3", "a number"),
+            ("18446744073709551616", "a number"),
+            ("true", "a boolean"),
+            ("[10]", "an array"),
+        ] {
+            let body = format!(r#"{{"model":"m","max_tokens":{v}}}"#);
+            assert_eq!(
+                err(body.as_bytes()),
+                field(
+                    "max_tokens",
+                    &format!("must be a non-negative integer, not {got}")
+                ),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_must_be_a_boolean() {
+        for (v, got) in [
+            ("\"true\"", "a string"),
+            ("1", "a number"),
+            ("{}", "an object"),
+        ] {
+            let body = format!(r#"{{"model":"m","stream":{v}}}"#);
+            assert_eq!(
+                err(body.as_bytes()),
+                field("stream", &format!("must be a boolean, not {got}")),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_policy_fields_are_refused() {
+        assert_eq!(
+            err(br#"{"model":"allowed","model":"forbidden"}"#),
+            field("model", "must not be repeated")
+        );
+        assert_eq!(
+            err(br#"{"model":"m","str\u0065am":false,"stream":true}"#),
+            field("stream", "must not be repeated")
+        );
+        assert_eq!(
+            err(br#"{"max_tokens":1,"model":"m","max_tokens":1}"#),
+            field("max_tokens", "must not be repeated")
+        );
+        // Other keys may repeat; they are the upstream's business.
+        assert_eq!(ok(r#"{"model":"m","x":1,"x":2}"#).model, "m");
+    }
+
+    #[test]
+    fn errors_display_like_the_upstream() {
+        assert_eq!(err(b"{}").to_string(), "model: field required");
+        assert_eq!(
+            err(br#"{"model":""}"#).to_string(),
+            "model: must not be empty"
+        );
+    }
+}

@@ -1,0 +1,82 @@
+//! The request parser (and the reply parser) on arbitrary bytes: no panic, and the request
+//! parser agrees with a full `serde_json::Value` parse of the same bytes.
+//!
+//! Known, accepted differences from `Value`, all in values the parser skips and all valid by the
+//! JSON grammar: nesting deeper than serde_json's recursion limit of 128, lone UTF-16 surrogate
+//! escapes (`"\ud800"`) and numbers beyond `f64` (`1e400`). serde_json checks skipped values
+//! for syntax only, without building them. A repeated `model`, `max_tokens` or `stream` key is
+//! refused, which `Value` (last key wins) cannot show.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use sluice_anthropic::{MessageRequest, WireError, parse_message_request, parse_message_response};
+
+/// What the request parser should say, computed from a full parse.
+fn expected(v: &Value) -> Result<MessageRequest, WireError> {
+    let Some(obj) = v.as_object() else {
+        return Err(WireError::NotAnObject);
+    };
+    let invalid = |field: &'static str| WireError::InvalidField {
+        field,
+        reason: String::new(),
+    };
+    let model = match obj.get("model") {
+        None | Some(Value::Null) => return Err(WireError::MissingModel),
+        Some(Value::String(s)) if s.is_empty() => return Err(invalid("model")),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(invalid("model")),
+    };
+    let max_tokens = match obj.get("max_tokens") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
+        Some(_) => return Err(invalid("max_tokens")),
+    };
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream")),
+    };
+    Ok(MessageRequest {
+        model,
+        max_tokens,
+        stream,
+    })
+}
+
+/// Errors compared without their free text.
+fn shape(r: &Result<MessageRequest, WireError>) -> Result<MessageRequest, WireError> {
+    match r {
+        Ok(m) => Ok(m.clone()),
+        Err(WireError::MalformedJson(_)) => Err(WireError::MalformedJson(String::new())),
+        Err(WireError::NotAnObject) => Err(WireError::NotAnObject),
+        Err(WireError::MissingModel) => Err(WireError::MissingModel),
+        Err(WireError::InvalidField { field, .. }) => Err(WireError::InvalidField {
+            field,
+            reason: String::new(),
+        }),
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let got = parse_message_request(data);
+    let _ = parse_message_response(data);
+
+    match (&got, serde_json::from_slice::<Value>(data)) {
+        (Err(WireError::MalformedJson(_)), Err(_)) => {}
+        (Err(WireError::MalformedJson(m)), Ok(_)) => panic!("valid JSON called malformed: {m}"),
+        (_, Err(e)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("recursion limit")
+                    || msg.contains("surrogate")
+                    || msg.contains("number out of range"),
+                "accepted what serde_json refuses: {msg} / {got:?}"
+            );
+        }
+        (Err(WireError::InvalidField { reason, .. }), Ok(_))
+            if reason == "must not be repeated" => {}
+        (_, Ok(v)) => assert_eq!(shape(&got), expected(&v), "{v}"),
+    }
+});
