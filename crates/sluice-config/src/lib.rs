@@ -37,8 +37,14 @@ pub enum ConfigError {
 impl Config {
     /// Parse and validate a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Config = toml::from_str(text)?;
+        let mut cfg: Config = toml::from_str(text)?;
         cfg.validate()?;
+        cfg.tenant_index = cfg
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
         Ok(cfg)
     }
 
@@ -53,7 +59,12 @@ impl Config {
 
     /// The tenant named `name`, if declared.
     pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
-        self.tenants.iter().find(|t| t.name == name)
+        match self.tenant_index.get(name) {
+            Some(&i) => self.tenants.get(i),
+            // A config built in code rather than parsed has no index yet.
+            None if self.tenant_index.is_empty() => self.tenants.iter().find(|t| t.name == name),
+            None => None,
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -87,7 +98,9 @@ impl Config {
             return bad("server.max_body_bytes must be greater than 0".into());
         }
         if self.store.ledger_queue_capacity == 0 || self.store.ledger_batch_max == 0 {
-            return bad("store.ledger_queue_capacity and store.ledger_batch_max must be > 0".into());
+            return bad(
+                "store.ledger_queue_capacity and store.ledger_batch_max must be > 0".into(),
+            );
         }
         Ok(())
     }
@@ -141,7 +154,12 @@ mod tests {
     #[test]
     fn duplicate_and_bad_tenant_names_are_rejected() {
         let dup = "[[tenants]]\nname = \"a\"\n[[tenants]]\nname = \"a\"\n";
-        assert!(Config::from_toml(dup).unwrap_err().to_string().contains("twice"));
+        assert!(
+            Config::from_toml(dup)
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         let bad = "[[tenants]]\nname = \"Web Team\"\n";
         assert!(Config::from_toml(bad).is_err());
     }

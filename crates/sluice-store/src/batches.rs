@@ -33,7 +33,9 @@ impl Store {
     pub fn batch_owner(&self, id: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()?
-            .query_row("SELECT tenant FROM batches WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT tenant FROM batches WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?)
     }
 
@@ -75,7 +77,10 @@ impl Store {
             let more = v.len() > limit;
             v.truncate(limit);
             v.reverse();
-            return Ok(BatchPage { ids: v, has_more: more });
+            return Ok(BatchPage {
+                ids: v,
+                has_more: more,
+            });
         } else {
             let seq = match after_id {
                 Some(a) => seq_of(a)?.unwrap_or(i64::MIN),

@@ -154,8 +154,8 @@ impl Store {
     /// Keys that are not revoked (expiry is checked at use, against the caller's clock).
     pub fn active_keys(&self) -> Result<Vec<ActiveKey>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn
-            .prepare("SELECT hash, id, tenant, expires_ms FROM keys WHERE revoked_ms IS NULL")?;
+        let mut stmt =
+            conn.prepare("SELECT hash, id, tenant, expires_ms FROM keys WHERE revoked_ms IS NULL")?;
         let rows = stmt.query_map([], |r| {
             let blob: Vec<u8> = r.get(0)?;
             let mut hash = [0u8; 32];
@@ -235,7 +235,10 @@ mod tests {
         let active = s.active_keys().unwrap();
         assert_eq!(active.len(), 1);
         assert_eq!(active[0].id, b.record.id);
-        assert!(matches!(s.revoke_key("key_nope", 6), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            s.revoke_key("key_nope", 6),
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(s.list_keys().unwrap().len(), 2);
     }
 }

@@ -75,6 +75,17 @@ pub struct LedgerStats {
     pub dropped: AtomicU64,
     /// Batch writes that failed.
     pub write_errors: AtomicU64,
+    /// The writer thread is running (cleared when it exits, panics included).
+    pub alive: std::sync::atomic::AtomicBool,
+}
+
+/// Clears `alive` when the writer thread ends, however it ends.
+struct AliveGuard<'a>(&'a LedgerStats);
+
+impl Drop for AliveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Relaxed);
+    }
 }
 
 enum Msg {
@@ -159,6 +170,7 @@ impl LedgerWriter {
         let conn = open_conn(path)?;
         let (tx, rx) = sync_channel(opts.queue_capacity);
         let stats = Arc::new(LedgerStats::default());
+        stats.alive.store(true, Ordering::Relaxed);
         let thread_stats = stats.clone();
         let thread = std::thread::Builder::new()
             .name("sluice-ledger".into())
@@ -190,7 +202,13 @@ impl LedgerWriter {
     }
 }
 
-fn run(mut conn: rusqlite::Connection, rx: Receiver<Msg>, opts: LedgerWriterOptions, stats: &LedgerStats) {
+fn run(
+    mut conn: rusqlite::Connection,
+    rx: Receiver<Msg>,
+    opts: LedgerWriterOptions,
+    stats: &LedgerStats,
+) {
+    let _alive = AliveGuard(stats);
     let mut batch: Vec<LedgerRow> = Vec::with_capacity(opts.batch_max);
     let mut waiters: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
     loop {

@@ -76,7 +76,11 @@ impl Store {
         } else {
             format!("GROUP BY {}", cols.join(", "))
         };
-        let tenant_clause = if q.tenant.is_some() { "AND tenant = ?3" } else { "" };
+        let tenant_clause = if q.tenant.is_some() {
+            "AND tenant = ?3"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT {select_cols},
                 count(*),
@@ -142,7 +146,11 @@ mod tests {
             endpoint: "messages",
             model: Some(model.into()),
             status,
-            outcome: if status == 200 { "ok" } else { "upstream_error" },
+            outcome: if status == 200 {
+                "ok"
+            } else {
+                "upstream_error"
+            },
             usage: Usage {
                 input_tokens: i,
                 output_tokens: o,
@@ -171,7 +179,9 @@ mod tests {
         assert_eq!(all[0].output_tokens, 18);
         assert_eq!(all[0].cache_read_input_tokens, 3);
 
-        let by = s.usage(&q(vec![GroupBy::Tenant, GroupBy::Feature], None)).unwrap();
+        let by = s
+            .usage(&q(vec![GroupBy::Tenant, GroupBy::Feature], None))
+            .unwrap();
         assert_eq!(by.len(), 3);
         assert_eq!(by[0].group, vec!["web", "chat"]);
         assert_eq!(by[1].group, vec!["web", "(none)"]);
@@ -181,7 +191,12 @@ mod tests {
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].group, vec!["m2"]);
         let none = s
-            .usage(&UsageQuery { since_ms: 100, until_ms: 200, group_by: vec![], tenant: None })
+            .usage(&UsageQuery {
+                since_ms: 100,
+                until_ms: 200,
+                group_by: vec![],
+                tenant: None,
+            })
             .unwrap();
         assert!(none.is_empty());
     }

@@ -1,0 +1,420 @@
+//! The drop-in API: routes, the steps every call shares (authenticate, label, read the body,
+//! forward), and the Messages, token counting and models endpoints. Batches are in
+//! [`crate::batches`].
+
+use crate::call::{CallRecorder, Ending};
+use crate::error::GatewayError;
+use crate::headers;
+use crate::state::AppState;
+use crate::tap::TapBody;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sluice_anthropic::{parse_message_request, parse_message_response};
+use sluice_config::Config;
+use sluice_store::LedgerRow;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Unwrap a step's result or end the call with its error.
+macro_rules! step {
+    ($call:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return $call.fail(e.into()),
+        }
+    };
+}
+pub(crate) use step;
+
+/// The gateway's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(models))
+        .route(
+            "/v1/messages/batches",
+            post(crate::batches::create).get(crate::batches::list),
+        )
+        .route(
+            "/v1/messages/batches/{id}",
+            get(crate::batches::get_one).delete(crate::batches::delete),
+        )
+        .route(
+            "/v1/messages/batches/{id}/cancel",
+            post(crate::batches::cancel),
+        )
+        .route(
+            "/v1/messages/batches/{id}/results",
+            get(crate::batches::results),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// An authenticated call in progress.
+pub(crate) struct Call {
+    pub rec: CallRecorder,
+    pub request_id: String,
+    pub cfg: Arc<Config>,
+    pub tenant: Arc<str>,
+    pub key_id: Arc<str>,
+}
+
+impl Call {
+    /// Authenticate and label a call. On failure the response is ready to return; an
+    /// unauthenticated call has no tenant to charge, so it is logged but not on the ledger.
+    pub fn start(
+        s: &AppState,
+        parts: &Parts,
+        endpoint: &'static str,
+    ) -> Result<Self, Box<Response>> {
+        let start = Instant::now();
+        let request_id = s.next_request_id();
+        let cfg = s.config();
+        let now_ms = s.clock().unix_ms();
+        let refuse = |e: GatewayError| {
+            tracing::warn!(
+                target: "sluice::auth",
+                request_id = %request_id,
+                endpoint,
+                status = e.status().as_u16(),
+                reason = %e,
+                "call refused before authentication completed"
+            );
+            Box::new(e.to_response(&request_id))
+        };
+        let key = crate::auth::presented_key(&parts.headers)
+            .and_then(|k| s.keys().authenticate(k, now_ms))
+            .map_err(refuse)?;
+        let log_bodies = match cfg.tenant(&key.tenant) {
+            None => return Err(refuse(GatewayError::TenantUnknown(key.tenant.clone()))),
+            Some(t) if !t.enabled => {
+                return Err(refuse(GatewayError::TenantDisabled(key.tenant.clone())));
+            }
+            Some(t) => t.log_bodies,
+        };
+        let row = LedgerRow {
+            ts_ms: now_ms,
+            request_id: request_id.clone(),
+            tenant: key.tenant.to_string(),
+            key_id: key.id.to_string(),
+            endpoint,
+            upstream: Some(s.upstream().name().to_owned()),
+            ..LedgerRow::default()
+        };
+        let mut rec = CallRecorder::new(s.clone(), row, start, log_bodies);
+        match feature(&parts.headers) {
+            Ok(f) => rec.set_feature(f),
+            Err(e) => {
+                let resp = e.to_response(&request_id);
+                rec.finish(Ending {
+                    status: e.status().as_u16(),
+                    outcome: e.outcome(),
+                    error_type: Some(e.kind().as_str().to_owned()),
+                    ..Ending::default()
+                });
+                return Err(Box::new(resp));
+            }
+        }
+        Ok(Self {
+            rec,
+            request_id,
+            cfg,
+            tenant: key.tenant,
+            key_id: key.id,
+        })
+    }
+
+    /// End the call with a gateway error.
+    pub fn fail(&mut self, e: GatewayError) -> Response {
+        match &e {
+            GatewayError::Internal(_) | GatewayError::Upstream(_) | GatewayError::UpstreamBody => {
+                tracing::warn!(request_id = %self.request_id, error = %e, "call failed");
+            }
+            _ => {}
+        }
+        self.rec.finish(Ending {
+            status: e.status().as_u16(),
+            outcome: e.outcome(),
+            error_type: Some(e.kind().as_str().to_owned()),
+            ..Ending::default()
+        });
+        e.to_response(&self.request_id)
+    }
+
+    /// Read the whole request body, refusing it past the configured limit.
+    pub async fn read_body(&mut self, parts: &Parts, body: Body) -> Result<Bytes, GatewayError> {
+        let max = self.cfg.server.max_body_bytes;
+        // Refuse a declared oversize body before reading a byte of it.
+        if let Some(len) = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > max as u64
+        {
+            return Err(GatewayError::TooLarge(max));
+        }
+        match Limited::new(body, max).collect().await {
+            Ok(c) => {
+                let b = c.to_bytes();
+                self.rec.keep_request_body(&b);
+                Ok(b)
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(GatewayError::TooLarge(max))
+            }
+            Err(e) => Err(GatewayError::BodyRead(e.to_string())),
+        }
+    }
+
+    /// Forward to the upstream with the client's headers (moved out of `parts` and filtered)
+    /// and the original bytes.
+    pub async fn forward(
+        &mut self,
+        s: &AppState,
+        parts: &mut Parts,
+        body: Bytes,
+    ) -> Result<http::Response<Incoming>, GatewayError> {
+        let mut h = std::mem::take(&mut parts.headers);
+        headers::for_upstream(&mut h);
+        let resp = s
+            .upstream()
+            .send(parts.method.clone(), path_and_query(&parts.uri), h, body)
+            .await?;
+        self.rec.mark_first_byte();
+        if let Some(id) = resp
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.rec.set_request_id(id);
+        }
+        Ok(resp)
+    }
+}
+
+/// `x-sluice-feature`: optional, bounded, and of a charset safe for logs and labels.
+fn feature(h: &http::HeaderMap) -> Result<Option<String>, GatewayError> {
+    let Some(v) = h.get("x-sluice-feature") else {
+        return Ok(None);
+    };
+    let b = v.as_bytes();
+    let ok = (1..=64).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'/' | b'-'));
+    if !ok {
+        return Err(GatewayError::BadFeature);
+    }
+    Ok(Some(String::from_utf8_lossy(b).into_owned()))
+}
+
+/// The path and query as the client sent them (forwarded as is, `?beta=true` included).
+pub(crate) fn path_and_query(uri: &http::Uri) -> &str {
+    uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+}
+
+/// Read a non-streaming upstream reply whole.
+pub(crate) async fn buffered(
+    resp: http::Response<Incoming>,
+) -> Result<(http::response::Parts, Bytes), GatewayError> {
+    let (parts, body) = resp.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|_| GatewayError::UpstreamBody)?
+        .to_bytes();
+    Ok((parts, bytes))
+}
+
+/// The client's response: the upstream's status and (filtered) headers, with `body`.
+pub(crate) fn respond(mut parts: http::response::Parts, body: Body) -> Response {
+    headers::for_client(&mut parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// `error.type` of an upstream error body.
+pub(crate) fn upstream_error_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Outer<'a> {
+        #[serde(borrow)]
+        error: Inner<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner<'a> {
+        #[serde(rename = "type", borrow)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<Outer<'_>>(body)
+        .ok()
+        .map(|o| o.error.kind.into_owned())
+}
+
+/// The ending of a buffered upstream reply that is not a success.
+pub(crate) fn upstream_failure(status: StatusCode, body: &[u8]) -> Ending {
+    Ending {
+        status: status.as_u16(),
+        outcome: "upstream_error",
+        error_type: upstream_error_type(body),
+        ..Ending::default()
+    }
+}
+
+fn is_event_stream(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
+
+async fn messages(State(s): State<AppState>, req: Request) -> Response {
+    message_call(s, req, "messages").await
+}
+
+async fn count_tokens(State(s): State<AppState>, req: Request) -> Response {
+    message_call(s, req, "count_tokens").await
+}
+
+/// `POST /v1/messages` and `POST /v1/messages/count_tokens`.
+async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, endpoint) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let bytes = step!(call, call.read_body(&parts, body).await);
+    let info = step!(call, parse_message_request(&bytes));
+    call.rec.set_model(&info.model);
+    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
+    let status = resp.status();
+    if status.is_success() && is_event_stream(resp.headers()) {
+        call.rec.set_streamed();
+        let (p, incoming) = resp.into_parts();
+        let body = TapBody::new(incoming, call.rec, status.as_u16());
+        return respond(p, Body::new(body));
+    }
+    let (p, bytes) = step!(call, buffered(resp).await);
+    call.rec.keep_response_body(&bytes);
+    let ending = if !status.is_success() {
+        upstream_failure(status, &bytes)
+    } else if endpoint == "messages" {
+        let summary = parse_message_response(&bytes).unwrap_or_default();
+        Ending {
+            status: status.as_u16(),
+            outcome: "ok",
+            usage: summary.usage,
+            stop_reason: summary.stop_reason,
+            model_served: summary.model,
+            ..Ending::default()
+        }
+    } else {
+        // Token counting is free upstream; its count is not usage.
+        Ending {
+            status: status.as_u16(),
+            outcome: "ok",
+            ..Ending::default()
+        }
+    };
+    call.rec.finish(ending);
+    respond(p, Body::from(bytes))
+}
+
+/// `GET /v1/models` and `GET /v1/models/{id}`: authenticated pass-through.
+async fn models(State(s): State<AppState>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, "models") {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let resp = step!(call, call.forward(&s, &mut parts, Bytes::new()).await);
+    let status = resp.status();
+    let (p, bytes) = step!(call, buffered(resp).await);
+    call.rec.finish(if status.is_success() {
+        Ending {
+            status: status.as_u16(),
+            outcome: "ok",
+            ..Ending::default()
+        }
+    } else {
+        upstream_failure(status, &bytes)
+    });
+    respond(p, Body::from(bytes))
+}
+
+async fn healthz() -> Response {
+    json_status(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+/// Ready when keys are loaded and the ledger writer runs: before that, calls would be refused
+/// or go unrecorded.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let keys = s.keys().is_loaded();
+    let ledger = s
+        .ledger()
+        .stats()
+        .alive
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if keys && ledger {
+        json_status(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        let body =
+            format!(r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger}}}"#);
+        json_status(StatusCode::SERVICE_UNAVAILABLE, &body)
+    }
+}
+
+async fn not_found(s: State<AppState>, req: Request) -> Response {
+    let e = GatewayError::NotFound(format!(
+        "Sluice does not serve {} {}",
+        req.method(),
+        req.uri().path()
+    ));
+    e.to_response(&s.next_request_id())
+}
+
+fn json_status(status: StatusCode, body: &str) -> Response {
+    let mut r = (status, body.to_owned()).into_response();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn feature_labels_are_bounded() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(feature(&h).unwrap(), None);
+        h.insert("x-sluice-feature", "checkout-summary/v2".parse().unwrap());
+        assert_eq!(feature(&h).unwrap().as_deref(), Some("checkout-summary/v2"));
+        for bad in ["", "has space", "ünï", &"x".repeat(65), "a\"b"] {
+            if let Ok(v) = HeaderValue::from_bytes(bad.as_bytes()) {
+                h.insert("x-sluice-feature", v);
+                assert!(feature(&h).is_err(), "{bad:?} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn upstream_error_type_is_read_from_the_wire_shape() {
+        let b = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(upstream_error_type(b).as_deref(), Some("overloaded_error"));
+        assert_eq!(upstream_error_type(b"<html>"), None);
+    }
+}

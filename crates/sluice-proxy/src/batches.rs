@@ -1,0 +1,337 @@
+//! Message Batches. The upstream sees one organisation; Sluice makes batches per tenant:
+//! creating one records its owner; fetching, cancelling, deleting or reading results of a batch
+//! another tenant owns is a 404, exactly as if it did not exist; the list shows only the
+//! caller's batches (served from the ownership table, each fetched fresh from the upstream).
+//! `results_url` in batch objects is rewritten to the gateway's own address, because the SDKs
+//! fetch it verbatim and must come back through Sluice.
+
+use crate::api::{Call, buffered, respond, step, upstream_failure};
+use crate::call::Ending;
+use crate::error::GatewayError;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::response::Response;
+use bytes::Bytes;
+use http::request::Parts;
+use serde_json::Value;
+
+fn ok(status: http::StatusCode) -> Ending {
+    Ending {
+        status: status.as_u16(),
+        outcome: "ok",
+        ..Ending::default()
+    }
+}
+
+/// Run a blocking store operation off the async workers.
+async fn blocking<T: Send + 'static>(
+    s: &AppState,
+    f: impl FnOnce(&sluice_store::Store) -> Result<T, sluice_store::StoreError> + Send + 'static,
+) -> Result<T, GatewayError> {
+    let store = s.store().clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))?
+        .map_err(|e| GatewayError::Internal(e.to_string()))
+}
+
+/// The gateway's address as the client sees it.
+fn public_base(call: &Call, parts: &Parts) -> String {
+    if let Some(u) = &call.cfg.server.public_url {
+        return u.trim_end_matches('/').to_owned();
+    }
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+/// Point `results_url` at the gateway, keeping the path (and query) after the upstream's base.
+fn rewrite_results_url(v: &mut Value, base: &str, upstream_base_path: &str) {
+    if let Some(Value::String(url)) = v.get_mut("results_url") {
+        let after_scheme = url.find("://").map_or(0, |i| i + 3);
+        if let Some(slash) = url[after_scheme..].find('/') {
+            let path = &url[after_scheme + slash..];
+            let path = path.strip_prefix(upstream_base_path).unwrap_or(path);
+            *url = format!("{base}{path}");
+        }
+    }
+}
+
+fn upstream_base_path(call: &Call) -> String {
+    let b = &call.cfg.upstream.base_url;
+    let after_scheme = b.find("://").map_or(0, |i| i + 3);
+    b[after_scheme..]
+        .find('/')
+        .map(|i| b[after_scheme + i..].trim_end_matches('/').to_owned())
+        .unwrap_or_default()
+}
+
+/// A successful batch-object reply, with `results_url` rewritten to `base`.
+fn batch_object_body(call: &Call, base: &str, bytes: &Bytes) -> Bytes {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(mut v) => {
+            rewrite_results_url(&mut v, base, &upstream_base_path(call));
+            serde_json::to_vec(&v)
+                .map(Bytes::from)
+                .unwrap_or_else(|_| bytes.clone())
+        }
+        // Not JSON: pass it on untouched rather than fail a call the upstream answered.
+        Err(_) => bytes.clone(),
+    }
+}
+
+/// Refuse (404) unless the caller's tenant owns batch `id`.
+async fn require_owner(s: &AppState, call: &Call, id: &str) -> Result<(), GatewayError> {
+    let id_owned = id.to_owned();
+    let owner = blocking(s, move |st| st.batch_owner(&id_owned)).await?;
+    if owner.as_deref() == Some(&*call.tenant) {
+        Ok(())
+    } else {
+        Err(GatewayError::NotFound(format!("batch {id} not found")))
+    }
+}
+
+/// `POST /v1/messages/batches`.
+pub async fn create(State(s): State<AppState>, req: Request) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, "batches.create") {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let base = public_base(&call, &parts);
+    let bytes = step!(call, call.read_body(&parts, body).await);
+    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
+    let status = resp.status();
+    let (p, bytes) = step!(call, buffered(resp).await);
+    if !status.is_success() {
+        call.rec.finish(upstream_failure(status, &bytes));
+        return respond(p, Body::from(bytes));
+    }
+    let id = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+    if let Some(id) = id {
+        let (tenant, key_id, now) = (
+            call.tenant.to_string(),
+            call.key_id.to_string(),
+            s.clock().unix_ms(),
+        );
+        // Ownership must be on disk before the client can ask for the batch.
+        step!(
+            call,
+            blocking(&s, move |st| st.record_batch(&id, &tenant, &key_id, now)).await
+        );
+    } else {
+        tracing::warn!(request_id = %call.request_id, "batch created upstream without an id in the reply");
+    }
+    let out = batch_object_body(&call, &base, &bytes);
+    call.rec.finish(ok(status));
+    respond(p, Body::from(out))
+}
+
+/// `GET /v1/messages/batches/{id}`.
+pub async fn get_one(s: State<AppState>, id: Path<String>, req: Request) -> Response {
+    owned_object(s, id, req, "batches.get").await
+}
+
+/// `POST /v1/messages/batches/{id}/cancel`.
+pub async fn cancel(s: State<AppState>, id: Path<String>, req: Request) -> Response {
+    owned_object(s, id, req, "batches.cancel").await
+}
+
+/// `DELETE /v1/messages/batches/{id}`.
+pub async fn delete(s: State<AppState>, id: Path<String>, req: Request) -> Response {
+    owned_object(s, id, req, "batches.delete").await
+}
+
+async fn owned_object(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    req: Request,
+    endpoint: &'static str,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, endpoint) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    step!(call, require_owner(&s, &call, &id).await);
+    let base = public_base(&call, &parts);
+    let bytes = step!(call, call.read_body(&parts, body).await);
+    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
+    let status = resp.status();
+    let (p, bytes) = step!(call, buffered(resp).await);
+    if !status.is_success() {
+        call.rec.finish(upstream_failure(status, &bytes));
+        return respond(p, Body::from(bytes));
+    }
+    if endpoint == "batches.delete" {
+        step!(call, blocking(&s, move |st| st.forget_batch(&id)).await);
+        call.rec.finish(ok(status));
+        return respond(p, Body::from(bytes));
+    }
+    let out = batch_object_body(&call, &base, &bytes);
+    call.rec.finish(ok(status));
+    respond(p, Body::from(out))
+}
+
+/// `GET /v1/messages/batches/{id}/results`: streamed through untouched (results can be large).
+pub async fn results(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, "batches.results") {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    step!(call, require_owner(&s, &call, &id).await);
+    let resp = step!(call, call.forward(&s, &mut parts, Bytes::new()).await);
+    let status = resp.status();
+    if !status.is_success() {
+        let (p, bytes) = step!(call, buffered(resp).await);
+        call.rec.finish(upstream_failure(status, &bytes));
+        return respond(p, Body::from(bytes));
+    }
+    call.rec.finish(ok(status));
+    let (p, incoming) = resp.into_parts();
+    respond(p, Body::new(incoming))
+}
+
+#[derive(serde::Deserialize)]
+struct ListParams {
+    limit: Option<usize>,
+    before_id: Option<String>,
+    after_id: Option<String>,
+}
+
+/// `GET /v1/messages/batches`: the caller's batches only, newest first, with the upstream's
+/// paging (`limit` 1-1000, default 20; `before_id`, `after_id`).
+pub async fn list(State(s): State<AppState>, req: Request) -> Response {
+    let (parts, _body) = req.into_parts();
+    let mut call = match Call::start(&s, &parts, "batches.list") {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let params = step!(
+        call,
+        serde_urlencoded_query(&parts).map_err(GatewayError::NotFound)
+    );
+    let limit = params.limit.unwrap_or(20).clamp(1, 1000);
+    let tenant = call.tenant.to_string();
+    let (before, after) = (params.before_id.clone(), params.after_id.clone());
+    let page = step!(
+        call,
+        blocking(&s, move |st| st.list_batches(
+            &tenant,
+            before.as_deref(),
+            after.as_deref(),
+            limit
+        ))
+        .await
+    );
+    let beta = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "beta=true"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in page.ids.iter().enumerate() {
+        let mut h = parts.headers.clone();
+        crate::headers::for_upstream(&mut h);
+        let pq = format!(
+            "/v1/messages/batches/{id}{}",
+            if beta { "?beta=true" } else { "" }
+        );
+        let up = s.upstream().clone();
+        tasks.spawn(async move {
+            let r = up.send(http::Method::GET, &pq, h, Bytes::new()).await;
+            let r = match r {
+                Ok(resp) => buffered(resp).await.map(|(p, b)| (p.status, b)),
+                Err(e) => Err(e.into()),
+            };
+            (i, r)
+        });
+    }
+    let mut items: Vec<Option<Value>> = vec![None; page.ids.len()];
+    let base = public_base(&call, &parts);
+    let ubp = upstream_base_path(&call);
+    while let Some(joined) = tasks.join_next().await {
+        let (i, r) = step!(
+            call,
+            joined.map_err(|e| GatewayError::Internal(e.to_string()))
+        );
+        let (status, bytes) = step!(call, r);
+        if status == http::StatusCode::NOT_FOUND {
+            // Gone upstream (expired or deleted elsewhere): drop it from the listing.
+            continue;
+        }
+        if !status.is_success() {
+            call.rec.finish(upstream_failure(status, &bytes));
+            let mut resp = Response::new(Body::from(bytes));
+            *resp.status_mut() = status;
+            return resp;
+        }
+        if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) {
+            rewrite_results_url(&mut v, &base, &ubp);
+            if let Some(slot) = items.get_mut(i) {
+                *slot = Some(v);
+            }
+        }
+    }
+    let data: Vec<Value> = items.into_iter().flatten().collect();
+    let first_id = data.first().and_then(|v| v.get("id")).cloned();
+    let last_id = data.last().and_then(|v| v.get("id")).cloned();
+    let body = serde_json::json!({
+        "data": data,
+        "has_more": page.has_more,
+        "first_id": first_id,
+        "last_id": last_id,
+    });
+    call.rec.finish(ok(http::StatusCode::OK));
+    let mut resp = Response::new(Body::from(body.to_string()));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&call.request_id) {
+        resp.headers_mut().insert("request-id", v);
+    }
+    resp
+}
+
+fn serde_urlencoded_query(parts: &Parts) -> Result<ListParams, String> {
+    axum::extract::Query::<ListParams>::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .map_err(|e| format!("invalid query: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn results_url_points_back_at_the_gateway() {
+        let mut v = serde_json::json!({
+            "id": "b1",
+            "results_url": "https://api.anthropic.com/v1/messages/batches/b1/results"
+        });
+        rewrite_results_url(&mut v, "http://sluice:8080", "");
+        assert_eq!(
+            v["results_url"],
+            "http://sluice:8080/v1/messages/batches/b1/results"
+        );
+        let mut v =
+            serde_json::json!({"results_url": "http://u/base/v1/messages/batches/b/results?x=1"});
+        rewrite_results_url(&mut v, "https://gw", "/base");
+        assert_eq!(
+            v["results_url"],
+            "https://gw/v1/messages/batches/b/results?x=1"
+        );
+        let mut v = serde_json::json!({"results_url": null});
+        rewrite_results_url(&mut v, "https://gw", "");
+        assert!(v["results_url"].is_null());
+    }
+}

@@ -1,0 +1,181 @@
+//! One call's record. A [`CallRecorder`] is created once the caller is authenticated and is
+//! finished exactly once: by the handler, by the streaming body when the stream ends, or by its
+//! own `Drop` when the client went away first (outcome `client_closed`, with whatever usage was
+//! seen). Finishing queues the ledger row (never blocking) and writes the call's log line.
+
+use crate::state::AppState;
+use bytes::Bytes;
+use sluice_core::Usage;
+use sluice_store::LedgerRow;
+use std::time::{Duration, Instant};
+
+/// How a call ended, beyond its status.
+#[derive(Debug, Clone, Default)]
+pub struct Ending {
+    /// HTTP status sent to the client.
+    pub status: u16,
+    /// Ledger outcome (see [`LedgerRow::outcome`]).
+    pub outcome: &'static str,
+    /// `error.type`, if any.
+    pub error_type: Option<String>,
+    /// Token usage seen.
+    pub usage: Usage,
+    /// Stop reason.
+    pub stop_reason: Option<String>,
+    /// Model the upstream served.
+    pub model_served: Option<String>,
+}
+
+/// Accumulates a call's record and emits it once.
+pub struct CallRecorder {
+    state: AppState,
+    row: Option<LedgerRow>,
+    start: Instant,
+    ttfb: Option<Duration>,
+    /// Set when the tenant asked for bodies to be logged.
+    log_bodies: Option<BodyLog>,
+}
+
+/// Bodies kept for the log line of a tenant with `log_bodies = true`.
+#[derive(Default)]
+struct BodyLog {
+    request: Option<Bytes>,
+    response: Option<Bytes>,
+}
+
+/// Bodies are logged up to this size; a log line must stay a log line.
+const LOG_BODY_MAX: usize = 64 * 1024;
+
+impl CallRecorder {
+    pub(crate) fn new(state: AppState, row: LedgerRow, start: Instant, log_bodies: bool) -> Self {
+        Self {
+            state,
+            row: Some(row),
+            start,
+            ttfb: None,
+            log_bodies: log_bodies.then(BodyLog::default),
+        }
+    }
+
+    /// The first byte of the upstream's response arrived now (first call wins).
+    pub fn mark_first_byte(&mut self) {
+        if self.ttfb.is_none() {
+            self.ttfb = Some(self.start.elapsed());
+        }
+    }
+
+    /// Set the request id (the upstream's, once known).
+    pub fn set_request_id(&mut self, id: &str) {
+        if let Some(r) = self.row.as_mut() {
+            id.clone_into(&mut r.request_id);
+        }
+    }
+
+    /// Mark the call as streamed.
+    pub fn set_streamed(&mut self) {
+        if let Some(r) = self.row.as_mut() {
+            r.streamed = true;
+        }
+    }
+
+    /// Record the feature label.
+    pub fn set_feature(&mut self, feature: Option<String>) {
+        if let Some(r) = self.row.as_mut() {
+            r.feature = feature;
+        }
+    }
+
+    /// Record the model requested.
+    pub fn set_model(&mut self, model: &str) {
+        if let Some(r) = self.row.as_mut() {
+            r.model = Some(model.to_owned());
+        }
+    }
+
+    /// Keep the request body for the log line (only if the tenant logs bodies).
+    pub fn keep_request_body(&mut self, body: &Bytes) {
+        if let Some(b) = self.log_bodies.as_mut() {
+            b.request = Some(body.clone());
+        }
+    }
+
+    /// Keep the reply body for the log line (only if the tenant logs bodies).
+    pub fn keep_response_body(&mut self, body: &Bytes) {
+        if let Some(b) = self.log_bodies.as_mut() {
+            b.response = Some(body.clone());
+        }
+    }
+
+    /// Record how the call ended. Later calls are ignored.
+    pub fn finish(&mut self, end: Ending) {
+        let Some(mut row) = self.row.take() else {
+            return;
+        };
+        row.latency_ms = duration_ms(self.start.elapsed());
+        row.ttfb_ms = self.ttfb.map(duration_ms);
+        row.status = end.status;
+        row.outcome = end.outcome;
+        row.error_type = end.error_type;
+        row.usage = end.usage;
+        row.stop_reason = end.stop_reason;
+        row.model_served = end.model_served;
+        self.log(&row);
+        if !self.state.ledger().record(row) {
+            tracing::error!("ledger queue full or closed: a ledger row was dropped");
+        }
+    }
+
+    fn log(&self, r: &LedgerRow) {
+        let (req_body, resp_body) = match &self.log_bodies {
+            Some(b) => (clip(b.request.as_ref()), clip(b.response.as_ref())),
+            None => (None, None),
+        };
+        tracing::info!(
+            target: "sluice::call",
+            request_id = %r.request_id,
+            tenant = %r.tenant,
+            key_id = %r.key_id,
+            feature = r.feature.as_deref(),
+            endpoint = r.endpoint,
+            model = r.model.as_deref(),
+            model_served = r.model_served.as_deref(),
+            streamed = r.streamed,
+            status = r.status,
+            outcome = r.outcome,
+            error_type = r.error_type.as_deref(),
+            latency_ms = r.latency_ms,
+            ttfb_ms = r.ttfb_ms,
+            input_tokens = r.usage.input_tokens,
+            output_tokens = r.usage.output_tokens,
+            cache_creation_input_tokens = r.usage.cache_creation_input_tokens,
+            cache_read_input_tokens = r.usage.cache_read_input_tokens,
+            stop_reason = r.stop_reason.as_deref(),
+            upstream = r.upstream.as_deref(),
+            request_body = req_body.as_deref(),
+            response_body = resp_body.as_deref(),
+            "call"
+        );
+    }
+}
+
+impl Drop for CallRecorder {
+    fn drop(&mut self) {
+        // Reached only when nobody finished the call: the client went away while we waited for
+        // the upstream (dropping the handler's future cancels the upstream request too).
+        if self.row.is_some() {
+            self.finish(Ending {
+                status: 499,
+                outcome: "client_closed",
+                ..Ending::default()
+            });
+        }
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn clip(b: Option<&Bytes>) -> Option<String> {
+    b.map(|b| String::from_utf8_lossy(&b[..b.len().min(LOG_BODY_MAX)]).into_owned())
+}

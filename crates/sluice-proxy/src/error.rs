@@ -1,0 +1,119 @@
+//! Errors the gateway produces itself, each mapped once, here, to the upstream's wire shape and a
+//! fitting status. Upstream errors are never translated: they pass through as they came.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use sluice_anthropic::{WireError, error_body};
+use sluice_core::ErrorKind;
+use sluice_upstream::UpstreamError;
+use std::sync::Arc;
+
+/// Everything Sluice itself can refuse or fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No credential header.
+    #[error(
+        "missing API key: send your Sluice key in the x-api-key header or as Authorization: Bearer"
+    )]
+    MissingKey,
+    /// Unknown or revoked key (the two are indistinguishable on purpose).
+    #[error("invalid API key")]
+    InvalidKey,
+    /// The key's expiry has passed.
+    #[error("API key expired")]
+    ExpiredKey,
+    /// The key's tenant is disabled in config.
+    #[error("tenant '{0}' is disabled")]
+    TenantDisabled(Arc<str>),
+    /// The key's tenant is no longer in config.
+    #[error("tenant '{0}' is not configured on this gateway")]
+    TenantUnknown(Arc<str>),
+    /// `x-sluice-feature` is malformed.
+    #[error(
+        "x-sluice-feature: must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', ':', '/' and '-'"
+    )]
+    BadFeature,
+    /// The body failed the partial parse.
+    #[error("{0}")]
+    BadRequest(#[from] WireError),
+    /// The body is over the configured limit.
+    #[error("request body exceeds the gateway's limit of {0} bytes")]
+    TooLarge(usize),
+    /// The client's body could not be read (it disconnected or sent a broken body).
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// No upstream response.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// The upstream broke off while sending a non-streaming reply.
+    #[error("upstream connection lost while sending the reply")]
+    UpstreamBody,
+    /// No such resource for this tenant.
+    #[error("{0}")]
+    NotFound(String),
+    /// A fault inside the gateway (e.g. the state database failed).
+    #[error("gateway internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The wire error kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => ErrorKind::Authentication,
+            Self::TenantDisabled(_) | Self::TenantUnknown(_) => ErrorKind::Permission,
+            Self::BadFeature | Self::BadRequest(_) | Self::BodyRead(_) => ErrorKind::InvalidRequest,
+            Self::TooLarge(_) => ErrorKind::RequestTooLarge,
+            Self::Upstream(UpstreamError::Timeout(_)) => ErrorKind::Timeout,
+            Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,
+            Self::NotFound(_) => ErrorKind::NotFound,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            // An unreachable upstream is a bad gateway, not a fault of ours (500).
+            Self::Upstream(UpstreamError::Unreachable(_)) | Self::UpstreamBody => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            other => StatusCode::from_u16(other.kind().default_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// The ledger `outcome` of a call that ended with this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
+            Self::Upstream(_) => "upstream_unreachable",
+            Self::UpstreamBody => "upstream_disconnected",
+            Self::Internal(_) => "gateway_error",
+            _ => "rejected",
+        }
+    }
+
+    /// The response a waiting client gets.
+    pub fn to_response(&self, request_id: &str) -> Response {
+        let body: Bytes = error_body(self.kind().as_str(), &self.to_string(), Some(request_id));
+        let mut resp = (self.status(), body).into_response();
+        let h = resp.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("request-id", v);
+        }
+        // A key the gateway does not know stays unknown however often it is retried.
+        if matches!(
+            self.kind(),
+            ErrorKind::Authentication | ErrorKind::Permission
+        ) {
+            h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        resp
+    }
+}

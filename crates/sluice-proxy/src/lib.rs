@@ -1,0 +1,23 @@
+//! The Sluice data plane: the request path as named steps.
+//!
+//! ```text
+//! accept → authenticate (auth) → parse just enough (sluice-anthropic) → forward (sluice-upstream)
+//!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
+//! ```
+//!
+//! Admission (limits, budgets) and routing (pools, fallbacks) slot in between parse and forward
+//! as later steps. This crate never imports the control plane.
+
+pub mod api;
+pub mod auth;
+pub mod batches;
+pub mod call;
+pub mod error;
+pub mod headers;
+pub mod state;
+pub mod tap;
+
+pub use api::router;
+pub use auth::{KeyRing, spawn_refresher};
+pub use error::GatewayError;
+pub use state::{AppState, Parts};

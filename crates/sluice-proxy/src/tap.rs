@@ -1,0 +1,154 @@
+//! The streaming reply body: passes the upstream's SSE bytes to the client frame by frame as they
+//! arrive (never buffering the stream) while the [`SseTap`] reads usage from them.
+//!
+//! Endings, and what the client sees:
+//! - `message_stop` seen, upstream ends cleanly → outcome `ok`.
+//! - the upstream sent `event: error` (it passed through) → outcome `stream_error`.
+//! - the upstream connection broke, or it ended without `message_stop` or an error → Sluice
+//!   appends its own `event: error` (`api_error`) so the client never mistakes a truncated stream
+//!   for a complete one → outcome `upstream_disconnected` / `upstream_truncated`.
+//! - the client went away → this body is dropped, which drops the upstream body and so closes
+//!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
+//!   seen so far.
+
+use crate::call::{CallRecorder, Ending};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use sluice_anthropic::{SseTap, sse_error_event};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+enum Phase {
+    Streaming,
+    Done,
+}
+
+/// An upstream SSE body with a usage tap.
+pub struct TapBody {
+    inner: Incoming,
+    tap: SseTap,
+    call: CallRecorder,
+    phase: Phase,
+    status: u16,
+}
+
+impl TapBody {
+    /// Wrap an upstream 200 SSE body.
+    pub fn new(inner: Incoming, call: CallRecorder, status: u16) -> Self {
+        Self {
+            inner,
+            tap: SseTap::new(),
+            call,
+            phase: Phase::Streaming,
+            status,
+        }
+    }
+
+    fn ending(&self, outcome: &'static str, error_type: Option<String>) -> Ending {
+        let s = self.tap.summary();
+        Ending {
+            status: self.status,
+            outcome,
+            error_type,
+            usage: s.usage,
+            stop_reason: s.stop_reason.clone(),
+            model_served: s.model.clone(),
+        }
+    }
+
+    fn end_of_upstream(&mut self, broken: bool) -> Option<Bytes> {
+        self.tap.finish();
+        let s = self.tap.summary();
+        let (end, inject) = if broken {
+            (
+                self.ending("upstream_disconnected", Some("api_error".into())),
+                Some("upstream connection lost mid-stream; the reply is incomplete"),
+            )
+        } else if let Some(err) = &s.error {
+            (
+                self.ending("stream_error", Some(err.error_type.clone())),
+                None,
+            )
+        } else if s.saw_message_stop {
+            (self.ending("ok", None), None)
+        } else {
+            (
+                self.ending("upstream_truncated", Some("api_error".into())),
+                Some("upstream ended the stream before message_stop; the reply is incomplete"),
+            )
+        };
+        self.call.finish(end);
+        // The upstream may have stopped mid-line; a blank line first ends whatever partial
+        // event the client holds (and is a no-op at an event boundary), so our event parses.
+        inject.map(|m| {
+            let ev = sse_error_event("api_error", m);
+            let mut b = bytes::BytesMut::with_capacity(ev.len() + 2);
+            b.extend_from_slice(b"\n\n");
+            b.extend_from_slice(&ev);
+            b.freeze()
+        })
+    }
+}
+
+impl Drop for TapBody {
+    fn drop(&mut self) {
+        if matches!(self.phase, Phase::Streaming) {
+            let end = self.ending("client_closed", None);
+            self.call.finish(end);
+        }
+    }
+}
+
+impl Body for TapBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        match std::mem::replace(&mut this.phase, Phase::Done) {
+            Phase::Done => Poll::Ready(None),
+            Phase::Streaming => match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    this.phase = Phase::Streaming;
+                    Poll::Pending
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.phase = Phase::Streaming;
+                    match frame.into_data() {
+                        Ok(data) => {
+                            this.call.mark_first_byte();
+                            this.tap.feed(&data);
+                            Poll::Ready(Some(Ok(Frame::data(data))))
+                        }
+                        // Trailers: SSE has none worth passing; poll on.
+                        Err(_) => {
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "upstream stream broke");
+                    // The injected error event is the last frame.
+                    Poll::Ready(this.end_of_upstream(true).map(|b| Ok(Frame::data(b))))
+                }
+                Poll::Ready(None) => {
+                    Poll::Ready(this.end_of_upstream(false).map(|b| Ok(Frame::data(b))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.phase, Phase::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
