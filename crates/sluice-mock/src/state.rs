@@ -1,0 +1,196 @@
+//! State shared by every connection of one mock: counters, the prompt-cache model, recorded
+//! requests and batches. Counters are atomics; the mutexes are only taken by requests that need
+//! them (cache markers, `record` on, batch endpoints), never by a plain message call.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::MockOptions;
+use crate::batches::Batch;
+
+/// How many distinct cached prefixes are remembered before the set is cleared (a crude eviction).
+const CACHE_CAPACITY: usize = 100_000;
+/// How many requests `record` keeps.
+const RECORD_CAPACITY: usize = 256;
+
+/// Counters exposed at `GET /_mock/stats` and by [`crate::MockHandle::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MockStats {
+    /// Requests served, introspection (`/_mock/…`) excluded.
+    pub requests: u64,
+    /// `POST /v1/messages` calls received (streaming or not, whatever their outcome).
+    pub messages: u64,
+    /// Message replies abandoned by the client before their end: mid-stream, or while the
+    /// mock was still delaying or withholding the headers.
+    pub streams_cancelled: u64,
+}
+
+/// One request as the mock received it (kept when [`MockOptions::record`] is on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// The method, e.g. `POST`.
+    pub method: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The raw query string, if any.
+    pub query: Option<String>,
+    /// Every header in arrival order, names lowercase; repeated headers appear repeatedly.
+    pub headers: Vec<(String, String)>,
+    /// The request body.
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    /// The values of header `name` (case-insensitive), joined with `, ` when repeated.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let mut values = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str());
+        let first = values.next()?;
+        Some(values.fold(first.to_owned(), |mut acc, v| {
+            acc.push_str(", ");
+            acc.push_str(v);
+            acc
+        }))
+    }
+
+    /// The body parsed as JSON, if it is JSON.
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The wire form of `GET /_mock/requests`: the body as `body` when it is UTF-8, else as
+    /// `body_b64`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut headers = serde_json::Map::new();
+        for (name, _) in &self.headers {
+            if !headers.contains_key(name) {
+                let joined = self.header(name).unwrap_or_default();
+                headers.insert(name.clone(), serde_json::Value::String(joined));
+            }
+        }
+        let mut obj = serde_json::Map::new();
+        obj.insert("method".into(), self.method.clone().into());
+        obj.insert("path".into(), self.path.clone().into());
+        obj.insert(
+            "query".into(),
+            self.query
+                .clone()
+                .map_or(serde_json::Value::Null, Into::into),
+        );
+        obj.insert("headers".into(), headers.into());
+        match std::str::from_utf8(&self.body) {
+            Ok(s) => obj.insert("body".into(), s.into()),
+            Err(_) => obj.insert(
+                "body_b64".into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(&self.body)
+                    .into(),
+            ),
+        };
+        obj.into()
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) requests: AtomicU64,
+    pub(crate) messages: AtomicU64,
+    pub(crate) streams_cancelled: AtomicU64,
+}
+
+impl Stats {
+    pub(crate) fn snapshot(&self) -> MockStats {
+        MockStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
+            streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) struct State {
+    pub(crate) opts: MockOptions,
+    pub(crate) stats: Stats,
+    /// The listener's address, for `results_url` when a request has no `Host`.
+    pub(crate) local_addr: SocketAddr,
+    next_request: AtomicU64,
+    next_message: AtomicU64,
+    next_batch: AtomicU64,
+    cache: Mutex<HashSet<u64>>,
+    recorded: Mutex<VecDeque<RecordedRequest>>,
+    /// Keyed by the batch counter, so the list order (newest first) is the reverse key order.
+    pub(crate) batches: Mutex<BTreeMap<u64, Batch>>,
+}
+
+/// Locks, ignoring poisoning: every critical section leaves the data consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl State {
+    pub(crate) fn new(opts: MockOptions, local_addr: SocketAddr) -> Self {
+        Self {
+            opts,
+            stats: Stats::default(),
+            local_addr,
+            next_request: AtomicU64::new(1),
+            next_message: AtomicU64::new(1),
+            next_batch: AtomicU64::new(1),
+            cache: Mutex::new(HashSet::new()),
+            recorded: Mutex::new(VecDeque::new()),
+            batches: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    pub(crate) fn next_request_id(&self) -> String {
+        format!(
+            "req_mock_{}",
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    pub(crate) fn next_message_number(&self) -> u64 {
+        self.next_message.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn next_batch_number(&self) -> u64 {
+        self.next_batch.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Marks a cache prefix as seen; true when it was already there (a cache read).
+    pub(crate) fn cache_seen(&self, key: u64) -> bool {
+        let mut set = lock(&self.cache);
+        if set.contains(&key) {
+            return true;
+        }
+        if set.len() >= CACHE_CAPACITY {
+            set.clear();
+        }
+        set.insert(key);
+        false
+    }
+
+    pub(crate) fn record(&self, req: RecordedRequest) {
+        let mut list = lock(&self.recorded);
+        if list.len() >= RECORD_CAPACITY {
+            list.pop_front();
+        }
+        list.push_back(req);
+    }
+
+    pub(crate) fn recorded(&self) -> Vec<RecordedRequest> {
+        lock(&self.recorded).iter().cloned().collect()
+    }
+
+    pub(crate) fn clear_recorded(&self) {
+        lock(&self.recorded).clear();
+    }
+}
