@@ -1,0 +1,148 @@
+//! Assemble the gateway from a config and run it: open the state database, load the key ring,
+//! start the ledger writer, build the upstream client, serve, and on shutdown drain in-flight
+//! calls (streams included, up to `shutdown_grace_secs`) and flush every ledger row.
+
+use anyhow::Context;
+use sluice_config::Config;
+use sluice_core::SystemClock;
+use sluice_proxy::{AppState, KeyRing, Parts};
+use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
+use sluice_upstream::{Secret, Upstream, UpstreamOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Resolve the upstream key: `upstream.api_key`, else the variable named by `api_key_env`.
+pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
+    if let Some(k) = &cfg.upstream.api_key {
+        return Ok(Secret::new(k.clone()));
+    }
+    match std::env::var(&cfg.upstream.api_key_env) {
+        Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
+        _ => anyhow::bail!(
+            "no upstream API key: set {} (or upstream.api_key in the config)",
+            cfg.upstream.api_key_env
+        ),
+    }
+}
+
+/// A gateway running in this process.
+pub struct Running {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Shut down gracefully and wait until every ledger row is written.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await.context("gateway task failed")?
+    }
+}
+
+/// Start the gateway on `listener` in a background task.
+pub async fn start(cfg: Config, key: Secret, listener: TcpListener) -> anyhow::Result<Running> {
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run(cfg, key, listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        stop: Some(tx),
+        task,
+    })
+}
+
+/// Run the gateway until `shutdown` resolves, then drain and flush.
+pub async fn run(
+    cfg: Config,
+    key: Secret,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store_path = cfg.store.path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+        .await?
+        .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
+    let keys = Arc::new(KeyRing::new());
+    {
+        let (k, s) = (keys.clone(), store.clone());
+        tokio::task::spawn_blocking(move || k.refresh(&s))
+            .await?
+            .context("cannot load gateway keys")?;
+    }
+    let refresher = sluice_proxy::spawn_refresher(
+        keys.clone(),
+        store.clone(),
+        Duration::from_millis(cfg.auth.key_refresh_ms.max(50)),
+    );
+    let writer = LedgerWriter::start(
+        store.path(),
+        LedgerWriterOptions {
+            queue_capacity: cfg.store.ledger_queue_capacity,
+            batch_max: cfg.store.ledger_batch_max,
+            flush_interval: Duration::from_millis(cfg.store.ledger_flush_interval_ms),
+        },
+    )
+    .context("cannot start the ledger writer")?;
+    let upstream = Upstream::new(UpstreamOptions {
+        name: "anthropic".into(),
+        base_url: cfg.upstream.base_url.clone(),
+        api_key: key,
+        connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
+        first_byte_timeout: Duration::from_millis(cfg.upstream.first_byte_timeout_ms),
+        pool_max_idle_per_host: cfg.upstream.pool_max_idle_per_host,
+        pool_idle_timeout: Duration::from_secs(cfg.upstream.pool_idle_timeout_secs),
+    })?;
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
+    let tenants = cfg.tenants.len();
+    let state = AppState::new(Parts {
+        config: sluice_config::shared(cfg),
+        keys,
+        upstream,
+        ledger: writer.sender(),
+        store,
+        clock: Arc::new(SystemClock),
+    });
+    let app = sluice_proxy::router(state);
+    tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
+
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        // Small request/response exchanges must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining in-flight calls");
+        notify.notify_one();
+    });
+    let result = tokio::select! {
+        r = server => r.map_err(anyhow::Error::from),
+        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
+    refresher.abort();
+    let stats = writer.sender().stats().clone();
+    tokio::task::spawn_blocking(move || writer.shutdown()).await?;
+    tracing::info!(
+        written = stats.written.load(std::sync::atomic::Ordering::Relaxed),
+        dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        "ledger flushed; stopped"
+    );
+    result
+}
