@@ -98,60 +98,29 @@ async fn require_owner(s: &AppState, call: &Call, id: &str) -> Result<(), Gatewa
 
 /// `POST /v1/messages/batches`.
 pub async fn create(State(s): State<AppState>, req: Request) -> Response {
-    let (mut parts, body) = req.into_parts();
-    let mut call = match Call::start(&s, &parts, "batches.create") {
-        Ok(c) => c,
-        Err(r) => return *r,
-    };
-    let base = public_base(&call, &parts);
-    let bytes = step!(call, call.read_body(&parts, body).await);
-    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
-    let status = resp.status();
-    let (p, bytes) = step!(call, buffered(resp).await);
-    if !status.is_success() {
-        call.rec.finish(upstream_failure(status, &bytes));
-        return respond(p, Body::from(bytes));
-    }
-    let id = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
-    if let Some(id) = id {
-        let (tenant, key_id, now) = (
-            call.tenant.to_string(),
-            call.key_id.to_string(),
-            s.clock().unix_ms(),
-        );
-        // Ownership must be on disk before the client can ask for the batch.
-        step!(
-            call,
-            blocking(&s, move |st| st.record_batch(&id, &tenant, &key_id, now)).await
-        );
-    } else {
-        tracing::warn!(request_id = %call.request_id, "batch created upstream without an id in the reply");
-    }
-    let out = batch_object_body(&call, &base, &bytes);
-    call.rec.finish(ok(status));
-    respond(p, Body::from(out))
+    object_call(s, None, req, "batches.create").await
 }
 
 /// `GET /v1/messages/batches/{id}`.
-pub async fn get_one(s: State<AppState>, id: Path<String>, req: Request) -> Response {
-    owned_object(s, id, req, "batches.get").await
+pub async fn get_one(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    object_call(s, Some(id), req, "batches.get").await
 }
 
 /// `POST /v1/messages/batches/{id}/cancel`.
-pub async fn cancel(s: State<AppState>, id: Path<String>, req: Request) -> Response {
-    owned_object(s, id, req, "batches.cancel").await
+pub async fn cancel(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    object_call(s, Some(id), req, "batches.cancel").await
 }
 
 /// `DELETE /v1/messages/batches/{id}`.
-pub async fn delete(s: State<AppState>, id: Path<String>, req: Request) -> Response {
-    owned_object(s, id, req, "batches.delete").await
+pub async fn delete(State(s): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    object_call(s, Some(id), req, "batches.delete").await
 }
 
-async fn owned_object(
-    State(s): State<AppState>,
-    Path(id): Path<String>,
+/// A call whose reply is one batch object: create (records the owner), or get, cancel and
+/// delete of an existing batch `id` (caller must own it).
+async fn object_call(
+    s: AppState,
+    id: Option<String>,
     req: Request,
     endpoint: &'static str,
 ) -> Response {
@@ -160,7 +129,9 @@ async fn owned_object(
         Ok(c) => c,
         Err(r) => return *r,
     };
-    step!(call, require_owner(&s, &call, &id).await);
+    if let Some(id) = &id {
+        step!(call, require_owner(&s, &call, id).await);
+    }
     let base = public_base(&call, &parts);
     let bytes = step!(call, call.read_body(&parts, body).await);
     let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
@@ -170,10 +141,32 @@ async fn owned_object(
         call.rec.finish(upstream_failure(status, &bytes));
         return respond(p, Body::from(bytes));
     }
-    if endpoint == "batches.delete" {
-        step!(call, blocking(&s, move |st| st.forget_batch(&id)).await);
-        call.rec.finish(ok(status));
-        return respond(p, Body::from(bytes));
+    match (endpoint, id) {
+        ("batches.delete", Some(id)) => {
+            step!(call, blocking(&s, move |st| st.forget_batch(&id)).await);
+            call.rec.finish(ok(status));
+            return respond(p, Body::from(bytes));
+        }
+        ("batches.create", _) => {
+            let created = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("id").and_then(Value::as_str).map(str::to_owned));
+            if let Some(id) = created {
+                let (tenant, key_id, now) = (
+                    call.tenant.to_string(),
+                    call.key_id.to_string(),
+                    s.clock().unix_ms(),
+                );
+                // Ownership must be on disk before the client can ask for the batch.
+                step!(
+                    call,
+                    blocking(&s, move |st| st.record_batch(&id, &tenant, &key_id, now)).await
+                );
+            } else {
+                tracing::warn!(request_id = %call.request_id, "batch created upstream without an id in the reply");
+            }
+        }
+        _ => {}
     }
     let out = batch_object_body(&call, &base, &bytes);
     call.rec.finish(ok(status));

@@ -207,25 +207,17 @@ impl Env {
 
     /// Requests the fake upstream received.
     pub async fn upstream_requests(&self) -> Vec<serde_json::Value> {
-        self.http
-            .get(format!("http://{}/_mock/requests", self.mock.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        serde_json::from_value(self.mock_json("/_mock/requests").await).unwrap()
     }
 
+    /// The fake upstream's counters.
     pub async fn mock_stats(&self) -> serde_json::Value {
-        self.http
-            .get(format!("http://{}/_mock/stats", self.mock.addr))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.mock_json("/_mock/stats").await
+    }
+
+    async fn mock_json(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.mock.addr);
+        self.http.get(url).send().await.unwrap().json().await.unwrap()
     }
 }
 
