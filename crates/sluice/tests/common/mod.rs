@@ -217,7 +217,14 @@ impl Env {
 
     async fn mock_json(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{path}", self.mock.addr);
-        self.http.get(url).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
