@@ -1,0 +1,156 @@
+"""Errors as the official Python SDK sees them through the gateway."""
+
+from __future__ import annotations
+
+import uuid
+
+import anthropic
+import pytest
+
+from conftest import MODEL
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_wrong_key_is_authentication_error(sluice):
+    with anthropic.Anthropic(
+        base_url=sluice.gateway_url, api_key="sk-sluice-not-a-real-key", max_retries=0
+    ) as c:
+        with pytest.raises(anthropic.AuthenticationError) as e:
+            c.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+    assert e.value.status_code == 401
+    assert e.value.type == "authentication_error"
+
+
+def test_upstream_key_is_not_a_gateway_key(sluice):
+    with anthropic.Anthropic(
+        base_url=sluice.gateway_url, api_key=sluice.upstream_key, max_retries=0
+    ) as c:
+        with pytest.raises(anthropic.AuthenticationError):
+            c.models.list()
+
+
+def test_wrong_bearer_token_is_authentication_error(sluice):
+    with anthropic.Anthropic(
+        base_url=sluice.gateway_url, auth_token="sk-sluice-nope", max_retries=0
+    ) as c:
+        with pytest.raises(anthropic.AuthenticationError):
+            c.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+
+
+def test_overloaded_529(client):
+    with pytest.raises(anthropic.APIStatusError) as e:
+        client.messages.create(
+            model=MODEL, max_tokens=16, messages=MESSAGES, extra_headers={"x-mock-status": "529"}
+        )
+    assert e.value.status_code == 529
+    assert e.value.type == "overloaded_error"
+    if hasattr(anthropic, "OverloadedError"):
+        assert isinstance(e.value, anthropic.OverloadedError)
+
+
+def test_rate_limited_429(client):
+    with pytest.raises(anthropic.RateLimitError) as e:
+        client.messages.create(
+            model=MODEL, max_tokens=16, messages=MESSAGES, extra_headers={"x-mock-status": "429"}
+        )
+    assert e.value.status_code == 429
+    assert e.value.response.headers.get("retry-after") is not None
+
+
+def test_internal_server_error_500(client):
+    with pytest.raises(anthropic.InternalServerError) as e:
+        client.messages.create(
+            model=MODEL, max_tokens=16, messages=MESSAGES, extra_headers={"x-mock-status": "500"}
+        )
+    assert e.value.status_code == 500
+
+
+def test_sdk_retries_through_gateway(sluice):
+    """With retries on, the SDK retries a 529 and gives up with the same error (no hang)."""
+    marker = f"retry-{uuid.uuid4().hex}"
+    with anthropic.Anthropic(base_url=sluice.gateway_url, api_key=sluice.key, max_retries=1) as c:
+        with pytest.raises(anthropic.APIStatusError) as e:
+            c.with_options(timeout=20).messages.create(
+                model=MODEL, max_tokens=16,
+                messages=[{"role": "user", "content": marker}],
+                extra_headers={"x-mock-status": "529"},
+            )
+    assert e.value.status_code == 529
+    tries = [r for r in sluice.mock_requests() if marker in (r["body"] or "")]
+    # One try plus one SDK retry reached the upstream (the gateway may add its own retries).
+    assert len(tries) >= 2
+    # The SDK numbers its retries; the gateway passes that header on untouched.
+    assert {r["headers"].get("x-stainless-retry-count") for r in tries} >= {"0", "1"}
+
+
+def test_missing_model_is_bad_request(client):
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.create(model=anthropic.omit, max_tokens=16, messages=MESSAGES)
+    assert e.value.status_code == 400
+    assert e.value.type == "invalid_request_error"
+
+
+def test_unknown_model_is_not_found_or_bad_request(client):
+    with pytest.raises((anthropic.NotFoundError, anthropic.BadRequestError)):
+        client.models.retrieve("claude-no-such-model")
+
+
+def test_stream_error_mid_stream(client):
+    received = []
+    with pytest.raises(anthropic.APIError) as e:
+        with client.messages.stream(
+            model=MODEL, max_tokens=64, messages=MESSAGES,
+            extra_headers={"x-mock-stream-error-after": "3"},
+        ) as stream:
+            for text in stream.text_stream:
+                received.append(text)
+    # The error arrives inside a 200 stream, after some events: the SDK surfaces it as an
+    # APIError carrying the upstream error body.
+    assert "overloaded_error" in str(e.value)
+
+
+def test_raw_stream_error_mid_stream(client):
+    events = []
+    with pytest.raises(anthropic.APIError):
+        stream = client.messages.create(
+            model=MODEL, max_tokens=64, messages=MESSAGES, stream=True,
+            extra_headers={"x-mock-stream-error-after": "4"},
+        )
+        for event in stream:
+            events.append(event.type)
+    assert events and events[0] == "message_start"
+    assert "message_stop" not in events
+
+
+def test_upstream_drop_mid_stream_is_an_error_not_a_short_reply(client):
+    """The upstream cuts the connection mid-stream: the SDK must raise, never return a truncated
+    message as if it were complete."""
+    with pytest.raises(anthropic.APIError) as e:
+        with client.messages.stream(
+            model=MODEL, max_tokens=64, messages=MESSAGES,
+            extra_headers={"x-mock-drop-after": "3"},
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+            stream.get_final_message()
+    assert not isinstance(e.value, anthropic.APITimeoutError)
+
+
+def test_upstream_drop_non_stream_is_server_error(client):
+    with pytest.raises(anthropic.InternalServerError) as e:
+        client.messages.create(
+            model=MODEL, max_tokens=16, messages=MESSAGES, extra_headers={"x-mock-drop-after": "1"}
+        )
+    assert 500 <= e.value.status_code < 600
+    assert e.value.type == "api_error"
+
+
+def test_delete_batch_in_progress_is_bad_request(client):
+    created = client.messages.batches.create(
+        requests=[{"custom_id": "a", "params": {"model": MODEL, "max_tokens": 8, "messages": MESSAGES}}]
+    )
+    with pytest.raises(anthropic.BadRequestError):
+        client.messages.batches.delete(created.id)
+    client.messages.batches.retrieve(created.id)  # the mock ends a batch on the first fetch
+    client.messages.batches.delete(created.id)
