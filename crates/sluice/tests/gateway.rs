@@ -690,3 +690,33 @@ async fn health_endpoints_answer() {
     assert_eq!(r.status(), 404);
     assert_error_shape(&r.json().await.unwrap(), "not_found_error");
 }
+
+#[tokio::test]
+async fn client_giving_up_on_a_json_call_cancels_upstream_and_is_recorded() {
+    let mut e = env().await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(e.url("/v1/messages"))
+        .header("x-api-key", &e.web_key)
+        .header("x-mock-latency-ms", "3000")
+        .body(SMALL)
+        .send()
+        .await;
+    assert!(r.is_err(), "the client should have timed out");
+    let mut cancelled = 0;
+    for _ in 0..100 {
+        cancelled = e.mock_stats().await["streams_cancelled"].as_u64().unwrap();
+        if cancelled > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(cancelled, 1, "the upstream call kept running");
+    let rows = e.finish().await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].outcome, "client_closed");
+    assert_eq!(rows[0].status, 499);
+}
