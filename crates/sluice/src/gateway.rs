@@ -117,6 +117,11 @@ pub async fn run(
     });
     let app = sluice_proxy::router(state);
     tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
+    if tenants == 0 {
+        tracing::warn!(
+            "no [[tenants]] in the config: every key will be refused (see examples/sluice.toml)"
+        );
+    }
 
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
