@@ -18,7 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// One call, as recorded. No prompt or completion text is ever part of it.
@@ -166,10 +165,10 @@ impl Default for LedgerWriterOptions {
     }
 }
 
-/// The writer thread. Dropping it without [`LedgerWriter::shutdown`] detaches the thread.
+/// The writer thread's owner. Dropping it without [`LedgerWriter::shutdown`] leaves the thread
+/// running until every sender is gone; readiness reads [`LedgerStats::alive`].
 pub struct LedgerWriter {
     sender: LedgerSender,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl LedgerWriter {
@@ -190,7 +189,6 @@ impl LedgerWriter {
                 stats,
                 writer: thread.thread().clone(),
             },
-            thread: Some(thread),
         })
     }
 
@@ -199,18 +197,12 @@ impl LedgerWriter {
         self.sender.clone()
     }
 
-    /// The writer thread is still running.
-    pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
     /// Return once every row queued before this call is committed. The thread itself ends when
     /// the last sender is dropped.
-    pub fn shutdown(mut self) {
+    pub fn shutdown(self) {
         // A flush marker is processed after every row queued before it, so waiting for its
         // acknowledgement is waiting for the queue to drain.
         self.sender.flush_blocking();
-        drop(self.thread.take());
     }
 }
 
