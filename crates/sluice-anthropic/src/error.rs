@@ -59,6 +59,18 @@ pub fn error_body(kind: &str, message: &str, request_id: Option<&str>) -> Bytes 
     )
 }
 
+/// `error.type` of an error body in the upstream's shape (`None` if the body is not one).
+pub fn error_type(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Outer<'a> {
+        #[serde(borrow)]
+        error: crate::sse::ErrorDetail<'a>,
+    }
+    serde_json::from_slice::<Outer<'_>>(body)
+        .ok()
+        .and_then(|o| o.error.kind.as_str().map(str::to_owned))
+}
+
 /// The same error as one SSE event (`event: error\ndata: {...}\n\n`), for injecting into a stream.
 ///
 /// The data line is compact JSON, whose escaping leaves no CR or LF in it, so the event cannot be
@@ -93,6 +105,14 @@ mod tests {
             &b[..],
             br#"{"type":"error","error":{"type":"request_too_large","message":"too big"},"request_id":null}"#
         );
+    }
+
+    #[test]
+    fn error_type_is_read_from_the_wire_shape() {
+        let b = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(error_type(b).as_deref(), Some("overloaded_error"));
+        assert_eq!(error_type(b"<html>"), None);
+        assert_eq!(error_type(br#"{"error":{"type":7}}"#), None);
     }
 
     #[test]

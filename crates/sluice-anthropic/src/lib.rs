@@ -9,7 +9,7 @@ pub mod response;
 pub mod sse;
 mod wire;
 
-pub use error::{error_body, sse_error_event};
+pub use error::{error_body, error_type, sse_error_event};
 pub use request::{MessageRequest, WireError, parse_message_request};
 pub use response::{MessageSummary, parse_message_response};
 pub use sse::{SseTap, StreamError, StreamSummary};

@@ -202,12 +202,13 @@ struct Delta<'a> {
     stop_reason: Text<'a>,
 }
 
+/// The `error` object of the upstream's error shape (shared with [`crate::error::error_type`]).
 #[derive(Deserialize)]
-struct ErrorDetail<'a> {
+pub(crate) struct ErrorDetail<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Text<'a>,
+    pub(crate) kind: Text<'a>,
     #[serde(borrow, default)]
-    message: Text<'a>,
+    pub(crate) message: Text<'a>,
 }
 
 impl SseTap {

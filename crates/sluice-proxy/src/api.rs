@@ -245,29 +245,12 @@ pub(crate) fn respond(mut parts: http::response::Parts, body: Body) -> Response 
     Response::from_parts(parts, body)
 }
 
-/// `error.type` of an upstream error body.
-pub(crate) fn upstream_error_type(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Outer<'a> {
-        #[serde(borrow)]
-        error: Inner<'a>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner<'a> {
-        #[serde(rename = "type", borrow)]
-        kind: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_slice::<Outer<'_>>(body)
-        .ok()
-        .map(|o| o.error.kind.into_owned())
-}
-
 /// The ending of a buffered upstream reply that is not a success.
 pub(crate) fn upstream_failure(status: StatusCode, body: &[u8]) -> Ending {
     Ending {
         status: status.as_u16(),
         outcome: "upstream_error",
-        error_type: upstream_error_type(body),
+        error_type: sluice_anthropic::error_type(body),
         ..Ending::default()
     }
 }
@@ -409,12 +392,5 @@ mod tests {
                 assert!(feature(&h).is_err(), "{bad:?} accepted");
             }
         }
-    }
-
-    #[test]
-    fn upstream_error_type_is_read_from_the_wire_shape() {
-        let b = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        assert_eq!(upstream_error_type(b).as_deref(), Some("overloaded_error"));
-        assert_eq!(upstream_error_type(b"<html>"), None);
     }
 }
