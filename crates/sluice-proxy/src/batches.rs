@@ -210,7 +210,7 @@ pub async fn list(State(s): State<AppState>, req: Request) -> Response {
     };
     let params = step!(
         call,
-        serde_urlencoded_query(&parts).map_err(GatewayError::NotFound)
+        serde_urlencoded_query(&parts).map_err(GatewayError::BadQuery)
     );
     let limit = params.limit.unwrap_or(20).clamp(1, 1000);
     let tenant = call.tenant.to_string();

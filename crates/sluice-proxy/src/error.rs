@@ -34,6 +34,9 @@ pub enum GatewayError {
         "x-sluice-feature: must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', ':', '/' and '-'"
     )]
     BadFeature,
+    /// The query string is malformed (e.g. `limit=abc`).
+    #[error("{0}")]
+    BadQuery(String),
     /// The body failed the partial parse.
     #[error("{0}")]
     BadRequest(#[from] WireError),
@@ -63,7 +66,9 @@ impl GatewayError {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => ErrorKind::Authentication,
             Self::TenantDisabled(_) | Self::TenantUnknown(_) => ErrorKind::Permission,
-            Self::BadFeature | Self::BadRequest(_) | Self::BodyRead(_) => ErrorKind::InvalidRequest,
+            Self::BadFeature | Self::BadQuery(_) | Self::BadRequest(_) | Self::BodyRead(_) => {
+                ErrorKind::InvalidRequest
+            }
             Self::TooLarge(_) => ErrorKind::RequestTooLarge,
             Self::Upstream(UpstreamError::Timeout(_)) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,

@@ -720,3 +720,17 @@ async fn client_giving_up_on_a_json_call_cancels_upstream_and_is_recorded() {
     assert_eq!(rows[0].outcome, "client_closed");
     assert_eq!(rows[0].status, 499);
 }
+
+#[tokio::test]
+async fn malformed_batch_list_query_is_a_400() {
+    let e = env().await;
+    let r = e
+        .http
+        .get(e.url("/v1/messages/batches?limit=abc"))
+        .header("x-api-key", &e.web_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_error_shape(&r.json().await.unwrap(), "invalid_request_error");
+}
