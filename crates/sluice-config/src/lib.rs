@@ -5,7 +5,10 @@
 //! Nothing here reads the environment: the upstream key's *variable name* is configuration; the
 //! binary resolves it.
 
+mod prices;
 mod schema;
+
+pub use prices::PriceEntry;
 
 pub use schema::{
     AuthConfig, Config, LogConfig, ServerConfig, StoreConfig, TenantConfig, UpstreamConfig,

@@ -19,6 +19,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The application teams allowed to call.
     pub tenants: Vec<TenantConfig>,
+    /// Prices that override or extend the table shipped in the binary.
+    pub prices: Vec<crate::PriceEntry>,
     /// Tenant name → position in `tenants`, built at load so the request path does not scan.
     #[serde(skip)]
     pub(crate) tenant_index: std::collections::HashMap<String, usize>,
