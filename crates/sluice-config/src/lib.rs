@@ -5,10 +5,15 @@
 //! Nothing here reads the environment: the upstream key's *variable name* is configuration; the
 //! binary resolves it.
 
+mod limits;
 mod prices;
 mod schema;
 
-pub use prices::PriceEntry;
+pub use limits::{
+    FailMode, KeepFree, LimitSet, LimiterBackend, LimitsConfig, ModelClass, OrgConfig, Priority,
+    usd_to_micros,
+};
+pub use prices::{PriceEntry, PriceTier};
 
 pub use schema::{
     AuthConfig, Config, LogConfig, ServerConfig, StoreConfig, TenantConfig, UpstreamConfig,
@@ -100,6 +105,11 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes must be greater than 0".into());
         }
+        limits::validate(&self.limits, &self.org, &self.tenants).map_err(ConfigError::Invalid)?;
+        for p in &self.prices {
+            p.validate()
+                .map_err(|e| ConfigError::Invalid(format!("[[prices]] {:?}: {e}", p.model)))?;
+        }
         if self.store.ledger_queue_capacity == 0 || self.store.ledger_batch_max == 0 {
             return bad(
                 "store.ledger_queue_capacity and store.ledger_batch_max must be > 0".into(),
@@ -171,6 +181,80 @@ mod tests {
     fn bad_urls_are_rejected() {
         assert!(Config::from_toml("[upstream]\nbase_url = \"ftp://x\"\n").is_err());
         assert!(Config::from_toml("[server]\npublic_url = \"gateway\"\n").is_err());
+    }
+
+    #[test]
+    fn limits_parse_with_defaults_and_per_class_overrides() {
+        let text = r#"
+[limits]
+backend = "redis"
+fail_mode = "closed"
+[[limits.classes]]
+name = "big"
+models = ["claude-opus-*"]
+[org]
+tier = "build"
+keep_free = { batch = 0.2 }
+[org.classes.big]
+input_tokens_per_minute = 100000
+[[tenants]]
+name = "web"
+priority = "critical"
+weight = 3
+max_wait_ms = 2000
+budget_daily_usd = 12.5
+limits = { requests_per_minute = 100, input_tokens_per_minute = 200000, input_tokens_burst = 50000 }
+class_limits.big = { output_tokens_per_minute = 8000 }
+[[tenants]]
+name = "plain"
+"#;
+        let cfg = Config::from_toml(text).unwrap();
+        assert_eq!(cfg.limits.backend, LimiterBackend::Redis);
+        assert_eq!(cfg.limits.fail_mode, FailMode::Closed);
+        assert!(cfg.limits.classes[0].matches("claude-opus-4-5"));
+        assert!(!cfg.limits.classes[0].matches("claude-sonnet-4-5"));
+        assert_eq!(cfg.org.keep_free.for_priority(Priority::Batch), 0.2);
+        assert_eq!(cfg.org.keep_free.for_priority(Priority::Critical), 0.0);
+        let web = cfg.tenant("web").unwrap();
+        assert_eq!(web.priority, Priority::Critical);
+        assert_eq!(web.weight, 3);
+        assert_eq!(web.limits.input_tokens_burst, Some(50_000));
+        assert_eq!(web.class_limits["big"].output_tokens_per_minute, Some(8000));
+        assert_eq!(usd_to_micros(web.budget_daily_usd.unwrap()), 12_500_000);
+        let plain = cfg.tenant("plain").unwrap();
+        assert_eq!(
+            (plain.priority, plain.weight, plain.max_wait_ms),
+            (Priority::Standard, 1, 0)
+        );
+        assert!(plain.limits.is_empty());
+    }
+
+    #[test]
+    fn nonsense_limits_are_rejected_with_the_place() {
+        for (text, needle) in [
+            (
+                "[[tenants]]\nname = \"a\"\nlimits = { requests_per_minute = 0 }\n",
+                "requests_per_minute = 0",
+            ),
+            (
+                "[[tenants]]\nname = \"a\"\nlimits = { input_tokens_burst = 5 }\n",
+                "input_tokens_burst needs",
+            ),
+            ("[[tenants]]\nname = \"a\"\nweight = 0\n", "weight"),
+            (
+                "[[tenants]]\nname = \"a\"\npriority = \"urgent\"\n",
+                "urgent",
+            ),
+            ("[limits]\nfallback_share = 0\n", "fallback_share"),
+            ("[org]\nkeep_free = { batch = 1.5 }\n", "keep_free"),
+            (
+                "[[tenants]]\nname = \"a\"\nbudget_daily_usd = -1\n",
+                "budgets",
+            ),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The TOML schema. Every table rejects unknown keys, so a typo is an error at load, not a
 //! silently ignored setting. Defaults are chosen so an empty file runs a working gateway.
 
+use crate::limits::{LimitSet, LimitsConfig, OrgConfig, Priority};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// The whole `sluice.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -19,6 +21,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The application teams allowed to call.
     pub tenants: Vec<TenantConfig>,
+    /// The limiter's settings.
+    pub limits: LimitsConfig,
+    /// The upstream organisation's limits.
+    pub org: OrgConfig,
     /// Prices that override or extend the table shipped in the binary.
     pub prices: Vec<crate::PriceEntry>,
     /// Tenant name → position in `tenants`, built at load so the request path does not scan.
@@ -164,6 +170,50 @@ pub struct TenantConfig {
     /// and completions are not logged unless a tenant asks for it).
     #[serde(default)]
     pub log_bodies: bool,
+    /// Limits over all of the tenant's calls (a dimension left out is not limited).
+    #[serde(default)]
+    pub limits: LimitSet,
+    /// Further limits per model class; a call of that class must fit both.
+    #[serde(default)]
+    pub class_limits: BTreeMap<String, LimitSet>,
+    /// Priority class when the organisation pool is short.
+    #[serde(default)]
+    pub priority: Priority,
+    /// Share of the pool relative to other tenants of the same priority class.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// How long a call may wait for room before it is refused (0: refuse at once).
+    #[serde(default)]
+    pub max_wait_ms: u64,
+    /// Spend budget per UTC day, in USD.
+    #[serde(default)]
+    pub budget_daily_usd: Option<f64>,
+    /// Spend budget per UTC calendar month, in USD.
+    #[serde(default)]
+    pub budget_monthly_usd: Option<f64>,
+}
+
+impl TenantConfig {
+    /// A tenant with this name and every other setting at its default.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            description: String::new(),
+            enabled: true,
+            log_bodies: false,
+            limits: LimitSet::default(),
+            class_limits: BTreeMap::new(),
+            priority: Priority::default(),
+            weight: 1,
+            max_wait_ms: 0,
+            budget_daily_usd: None,
+            budget_monthly_usd: None,
+        }
+    }
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn yes() -> bool {
