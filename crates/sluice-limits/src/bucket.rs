@@ -92,6 +92,29 @@ impl Bucket {
         u64::try_from(us).unwrap_or(u64::MAX)
     }
 
+    /// Change the limit (a config reload), keeping the level but never above the new capacity.
+    pub fn set_rate(&mut self, rate: Rate) {
+        self.rate = rate;
+        self.level = self.level.min(i128::from(rate.burst) * MICRO);
+    }
+
+    /// Lower the level to `tokens` if it is above it (the upstream reported less room than we
+    /// thought). Never raises it.
+    pub fn lower_to(&mut self, tokens: i64) {
+        self.level = self.level.min(i128::from(tokens) * MICRO);
+    }
+
+    /// Microseconds until the bucket is full again (the `*-reset` header).
+    pub fn full_in_us(&self) -> u64 {
+        self.wait_us(self.rate.burst)
+    }
+
+    /// The level in micro-tokens and the time of the last refill: the state a shared backend
+    /// stores.
+    pub fn raw(&self) -> (i128, u64) {
+        (self.level, self.last_us)
+    }
+
     /// Debit `amount` tokens (the level may go negative).
     pub fn take(&mut self, amount: u64) {
         self.level -= i128::from(amount) * MICRO;

@@ -10,7 +10,15 @@
 //! tokens; later, the organisation pool's too) and either debits all of them or none. Time is
 //! passed in as microseconds from any fixed origin; nothing here reads a clock.
 
+pub mod backend;
 mod bucket;
+pub mod estimate;
+pub mod limiter;
+pub mod local;
+pub mod presets;
+pub mod pricing;
+pub mod queue;
+pub mod redis;
 
 pub use bucket::{Bucket, Rate};
 
@@ -79,6 +87,11 @@ impl Buckets {
         }
     }
 
+    /// The bucket of dimension `d`, if limited, for changing.
+    pub fn get_mut_dim(&mut self, d: Dimension) -> Option<&mut Bucket> {
+        self.get_mut(d)
+    }
+
     /// The bucket of dimension `d`, if limited.
     pub fn get(&self, d: Dimension) -> Option<&Bucket> {
         match d {
@@ -116,11 +129,24 @@ pub enum Refusal {
 /// Admit `demand` against every scope at time `now_us`: all buckets are debited, or none is
 /// touched. Refills happen either way (they only reflect elapsed time).
 pub fn admit(scopes: &mut [&mut Buckets], demand: &Demand, now_us: u64) -> Result<(), Refusal> {
+    admit_keeping(scopes, &[], demand, now_us)
+}
+
+/// [`admit`], where scope `i` must keep `keep_ppm[i]` millionths of each bucket's capacity
+/// free after the debit (room held back for higher priority classes). Missing entries are 0.
+pub fn admit_keeping(
+    scopes: &mut [&mut Buckets],
+    keep_ppm: &[u32],
+    demand: &Demand,
+    now_us: u64,
+) -> Result<(), Refusal> {
     let mut worst: Option<(usize, Dimension, u64)> = None;
     for (i, scope) in scopes.iter_mut().enumerate() {
+        let keep = u64::from(keep_ppm.get(i).copied().unwrap_or(0).min(1_000_000));
         for d in Dimension::ALL {
-            let amount = d.of(demand);
             let Some(b) = scope.get_mut(d) else { continue };
+            let floor = b.capacity().saturating_mul(keep) / 1_000_000;
+            let amount = d.of(demand).saturating_add(floor);
             b.refill(now_us);
             if amount > b.capacity() {
                 return Err(Refusal::NeverFits {
@@ -129,6 +155,8 @@ pub fn admit(scopes: &mut [&mut Buckets], demand: &Demand, now_us: u64) -> Resul
                 });
             }
             let wait = b.wait_us(amount);
+            // A request that takes nothing in this dimension is never held up by its debt.
+            let wait = if d.of(demand) == 0 { 0 } else { wait };
             if wait > 0 && worst.is_none_or(|(_, _, w)| wait > w) {
                 worst = Some((i, d, wait));
             }

@@ -1,0 +1,195 @@
+//! A per-model multiplier learned from the upstream's reported usage.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+/// How the correction learns.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CorrectionConfig {
+    /// Weight of each new observation in the moving average of `ln(actual / estimate)`.
+    pub alpha: f64,
+    /// Observations of a model before its factor is applied (until then the factor is 1).
+    pub warmup: u32,
+    /// Smallest factor ever applied.
+    pub min_factor: f64,
+    /// Largest factor ever applied.
+    pub max_factor: f64,
+    /// After warm-up, an observation moves the average by at most this much in log space
+    /// (before weighting), so one odd request (a huge cache read the estimate could not see,
+    /// a truncated body) does not swing the factor.
+    pub max_step: f64,
+    /// Most models tracked; observations of further models are ignored.
+    pub max_models: usize,
+}
+
+impl Default for CorrectionConfig {
+    fn default() -> Self {
+        CorrectionConfig {
+            alpha: 0.05,
+            warmup: 16,
+            min_factor: 0.5,
+            max_factor: 3.0,
+            max_step: 0.3,
+            max_models: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct State {
+    /// Moving average of the log ratio.
+    mean: f64,
+    seen: u32,
+}
+
+/// The learned corrections of every model. Thread-safe; each call takes one short lock.
+#[derive(Debug)]
+pub struct Correction {
+    cfg: CorrectionConfig,
+    models: Mutex<HashMap<Box<str>, State>>,
+}
+
+impl Default for Correction {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Correction {
+    /// With the default configuration.
+    pub fn new() -> Correction {
+        Self::with_config(CorrectionConfig::default())
+    }
+
+    /// With `cfg`.
+    pub fn with_config(cfg: CorrectionConfig) -> Correction {
+        Correction {
+            cfg,
+            models: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Learn from one call: `estimated` is the raw [`crate::estimate::InputEstimate::total`]
+    /// and `actual` the upstream's `input_tokens + cache_creation_input_tokens +
+    /// cache_read_input_tokens`. Calls where either is 0 carry no information and are skipped.
+    pub fn observe(&self, model: &str, estimated: u64, actual: u64) {
+        if estimated == 0 || actual == 0 {
+            return;
+        }
+        // The ratio of two positive u64 is finite; clamping keeps a single absurd pair from
+        // poisoning the warm-up mean.
+        let r = (actual as f64 / estimated as f64).ln().clamp(-3.0, 3.0);
+        let c = &self.cfg;
+        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if !m.contains_key(model) {
+            if m.len() >= c.max_models {
+                return;
+            }
+            // The only allocation: a model's first observation.
+            m.insert(Box::from(model), State::default());
+        }
+        let Some(s) = m.get_mut(model) else { return };
+        s.seen = s.seen.saturating_add(1);
+        if s.seen <= c.warmup {
+            // A plain running mean while warming up, so the first value is not over-weighted.
+            s.mean += (r - s.mean) / f64::from(s.seen);
+        } else {
+            s.mean += c.alpha * (r - s.mean).clamp(-c.max_step, c.max_step);
+        }
+    }
+
+    /// The factor applied to `model`'s estimates now (1 until it has warmed up).
+    pub fn factor(&self, model: &str) -> f64 {
+        let c = &self.cfg;
+        let m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        match m.get(model) {
+            Some(s) if s.seen >= c.warmup => s.mean.exp().clamp(c.min_factor, c.max_factor),
+            _ => 1.0,
+        }
+    }
+
+    /// `raw` corrected for `model`.
+    pub fn apply(&self, model: &str, raw: u64) -> u64 {
+        // Saturating float-to-int conversion; estimates are far below 2^53.
+        (raw as f64 * self.factor(model)).round() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// A deterministic noise source (xorshift), so the tests need no random crate.
+    fn noise(state: &mut u64) -> f64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn converges_on_a_biased_model_and_leaves_others_alone() {
+        let c = Correction::new();
+        let mut rng = 42u64;
+        assert_eq!(c.apply("m", 1000), 1000);
+        for i in 0..400 {
+            let est = 500 + (i % 7) * 300;
+            // The model really uses 1.6× the estimate, ±10 %.
+            let actual = (est as f64 * 1.6 * (0.9 + 0.2 * noise(&mut rng))) as u64;
+            c.observe("biased", est, actual);
+            c.observe("fair", est, est);
+        }
+        let f = c.factor("biased");
+        assert!((f - 1.6).abs() < 0.08, "factor {f}");
+        assert!((c.factor("fair") - 1.0).abs() < 1e-9);
+        assert_eq!(c.factor("unseen"), 1.0);
+    }
+
+    #[test]
+    fn waits_for_warmup_and_clamps() {
+        let c = Correction::new();
+        for _ in 0..15 {
+            c.observe("m", 100, 1000);
+        }
+        assert_eq!(c.factor("m"), 1.0);
+        c.observe("m", 100, 1000);
+        assert_eq!(c.factor("m"), 3.0);
+        c.observe("m", 0, 1000);
+        c.observe("m", 1000, 0);
+    }
+
+    #[test]
+    fn outliers_move_it_little() {
+        let c = Correction::new();
+        for _ in 0..100 {
+            c.observe("m", 1000, 1000);
+        }
+        // One call in ten reads a huge prefix the estimate never saw.
+        for i in 0..200 {
+            let actual = if i % 10 == 0 { 20_000 } else { 1000 };
+            c.observe("m", 1000, actual);
+        }
+        let f = c.factor("m");
+        assert!(f < 1.25, "factor {f}");
+        // And a real shift still gets through.
+        for _ in 0..300 {
+            c.observe("m", 1000, 700);
+        }
+        assert!((c.factor("m") - 0.7).abs() < 0.05);
+    }
+
+    #[test]
+    fn bounded_models() {
+        let c = Correction::with_config(CorrectionConfig {
+            max_models: 2,
+            warmup: 1,
+            ..CorrectionConfig::default()
+        });
+        c.observe("a", 10, 20);
+        c.observe("b", 10, 20);
+        c.observe("c", 10, 20);
+        assert!(c.factor("a") > 1.5);
+        assert_eq!(c.factor("c"), 1.0);
+    }
+}

@@ -1,0 +1,1050 @@
+//! The limiter as the data plane sees it: given a call (tenant, model, body), work out what it
+//! is charged (estimates, cost), ask the backend for every bucket and budget at once, wait in
+//! the class's fair queue when the pool is short and the tenant allows waiting, and hand back
+//! a [`Permit`] that settles to the truth when the call ends, or a [`Refused`] that says why
+//! in words an application team can act on.
+//!
+//! The policy (classes, the org pool, each tenant's scopes and budgets, prices) is derived
+//! from a config snapshot once and cached against that snapshot's address, so a reload is
+//! picked up by the next call and costs nothing per call otherwise.
+
+use crate::backend::{
+    AdmitRequest, BackendError, BucketView, BudgetCheck, Denial, Outcome, Period, Rates, Scope,
+    ScopeKind, ScopeView, Settlement,
+};
+use crate::estimate::{Correction, OutputEstimator, estimate_input};
+use crate::local::LocalBackend;
+use crate::presets::Presets;
+use crate::pricing::PriceTable;
+use crate::queue::{FairQueue, Place};
+use crate::redis::{RedisBackend, Via};
+use crate::{Demand, Dimension};
+use arc_swap::ArcSwap;
+use sluice_config::{Config, ModelClass, Priority, usd_to_micros};
+use sluice_core::Usage;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The policy could not be built from the config.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    /// A name that refers to nothing.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where bucket state lives.
+pub enum Backend {
+    /// In this process.
+    Local(LocalBackend),
+    /// In Redis (with its own local fallback).
+    Redis(RedisBackend),
+}
+
+/// One tenant's derived policy.
+#[derive(Debug, Clone)]
+struct TenantPolicy {
+    wide: Option<Scope>,
+    by_class: HashMap<Arc<str>, Scope>,
+    priority: Priority,
+    weight: u32,
+    max_wait: Duration,
+    daily_micros: Option<u64>,
+    monthly_micros: Option<u64>,
+}
+
+/// Everything derived from one config snapshot.
+pub struct Policy {
+    classes: Vec<ModelClass>,
+    class_names: Vec<Arc<str>>,
+    other: Arc<str>,
+    org: HashMap<Arc<str>, Scope>,
+    keep_free: sluice_config::KeepFree,
+    tenants: HashMap<String, TenantPolicy>,
+    prices: Arc<PriceTable>,
+    cache_ttl_us: u64,
+    /// Classes whose upstream limits count cache reads as input (older models).
+    cache_reads_count: Vec<Arc<str>>,
+}
+
+impl Policy {
+    /// Derive the policy of `cfg`.
+    pub fn build(cfg: &Config) -> Result<Policy, LimitsError> {
+        let presets = Presets::builtin();
+        let classes: Vec<ModelClass> = if cfg.limits.classes.is_empty() {
+            presets.classes().to_vec()
+        } else {
+            cfg.limits.classes.clone()
+        };
+        let class_names: Vec<Arc<str>> = classes.iter().map(|c| Arc::from(&*c.name)).collect();
+        let cache_reads_count = if cfg.limits.classes.is_empty() {
+            class_names
+                .iter()
+                .filter(|c| presets.cache_reads_count(c))
+                .cloned()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let other: Arc<str> = Arc::from("other");
+        let known = |name: &str| -> Result<Arc<str>, LimitsError> {
+            if name == "other" {
+                return Ok(other.clone());
+            }
+            class_names
+                .iter()
+                .find(|c| &***c == name)
+                .cloned()
+                .ok_or_else(|| {
+                    LimitsError::Invalid(format!(
+                        "model class {name:?} is not declared (classes: {}, other)",
+                        class_names
+                            .iter()
+                            .map(|c| &**c)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+        };
+
+        let mut org_sets: HashMap<Arc<str>, sluice_config::LimitSet> = HashMap::new();
+        if let Some(tier) = &cfg.org.tier {
+            let Some(t) = presets.tier(tier) else {
+                return Err(LimitsError::Invalid(format!(
+                    "org.tier {tier:?} is not a known preset (known: {})",
+                    presets.tier_names().collect::<Vec<_>>().join(", ")
+                )));
+            };
+            for (class, set) in t {
+                // A preset may name classes the config replaced; those simply do not apply.
+                if let Ok(c) = known(class) {
+                    org_sets.insert(c, *set);
+                }
+            }
+        }
+        for (class, set) in &cfg.org.classes {
+            let c = known(class)?;
+            let merged = org_sets.get(&c).copied().unwrap_or_default().overlay(set);
+            org_sets.insert(c, merged);
+        }
+        let org = org_sets
+            .into_iter()
+            .filter(|(_, s)| !s.is_empty())
+            .map(|(c, s)| {
+                let scope = Scope {
+                    kind: ScopeKind::Org,
+                    key: Arc::from(Scope::org_key(&c)),
+                    name: c.clone(),
+                    rates: Rates::from_set(&s),
+                    keep_free_ppm: 0,
+                };
+                (c, scope)
+            })
+            .collect();
+
+        let mut tenants = HashMap::new();
+        for t in &cfg.tenants {
+            let name: Arc<str> = Arc::from(&*t.name);
+            let wide = (!t.limits.is_empty()).then(|| Scope {
+                kind: ScopeKind::Tenant,
+                key: Arc::from(Scope::tenant_key(&t.name)),
+                name: name.clone(),
+                rates: Rates::from_set(&t.limits),
+                keep_free_ppm: 0,
+            });
+            let mut by_class = HashMap::new();
+            for (class, set) in &t.class_limits {
+                let c = known(class)?;
+                if set.is_empty() {
+                    continue;
+                }
+                by_class.insert(
+                    c.clone(),
+                    Scope {
+                        kind: ScopeKind::TenantClass,
+                        key: Arc::from(Scope::tenant_class_key(&t.name, &c)),
+                        name: name.clone(),
+                        rates: Rates::from_set(set),
+                        keep_free_ppm: 0,
+                    },
+                );
+            }
+            tenants.insert(
+                t.name.clone(),
+                TenantPolicy {
+                    wide,
+                    by_class,
+                    priority: t.priority,
+                    weight: t.weight.max(1),
+                    max_wait: Duration::from_millis(t.max_wait_ms),
+                    daily_micros: t.budget_daily_usd.map(usd_to_micros),
+                    monthly_micros: t.budget_monthly_usd.map(usd_to_micros),
+                },
+            );
+        }
+        let prices = PriceTable::builtin()
+            .with_overrides(&cfg.prices)
+            .map_err(|e| LimitsError::Invalid(e.to_string()))?;
+        Ok(Policy {
+            classes,
+            class_names,
+            other,
+            org,
+            keep_free: cfg.org.keep_free,
+            tenants,
+            prices: Arc::new(prices),
+            cache_ttl_us: cfg.limits.cache_ttl_secs.saturating_mul(1_000_000),
+            cache_reads_count,
+        })
+    }
+
+    /// The model class of `model` (first match; `other` when none matches).
+    pub fn class_of(&self, model: &str) -> &Arc<str> {
+        self.classes
+            .iter()
+            .position(|c| c.matches(model))
+            .and_then(|i| self.class_names.get(i))
+            .unwrap_or(&self.other)
+    }
+
+    /// The price table in force.
+    pub fn prices(&self) -> &Arc<PriceTable> {
+        &self.prices
+    }
+
+    /// The organisation pool of every limited class (for metrics and the admin view).
+    pub fn org_scopes(&self) -> impl Iterator<Item = &Scope> {
+        self.org.values()
+    }
+}
+
+struct PolicyCache {
+    /// Address of the config snapshot the policy was built from.
+    config: usize,
+    policy: Arc<Policy>,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct LimiterStats {
+    /// Calls admitted.
+    pub admitted: AtomicU64,
+    /// Calls admitted after waiting.
+    pub admitted_after_wait: AtomicU64,
+    /// Refusals by a tenant's own buckets.
+    pub refused_tenant: AtomicU64,
+    /// Refusals by the organisation pool.
+    pub refused_org: AtomicU64,
+    /// Refusals by a spend budget.
+    pub refused_budget: AtomicU64,
+    /// Refusals because the shared limiter was unreachable (`fail_mode = "closed"`).
+    pub refused_unavailable: AtomicU64,
+    /// Total microseconds admitted calls waited.
+    pub wait_us_total: AtomicU64,
+}
+
+struct Inner {
+    backend: Backend,
+    origin: Instant,
+    policy: ArcSwap<PolicyCache>,
+    queues: Mutex<HashMap<Arc<str>, Arc<FairQueue>>>,
+    correction: Correction,
+    outputs: OutputEstimator,
+    /// Cacheable prefixes seen recently: hash → last use (µs on `origin`).
+    prefixes: Mutex<HashMap<u64, u64>>,
+    stats: LimiterStats,
+}
+
+/// Most prefixes remembered; past this, expired ones are swept (and if none has expired, the
+/// map is cleared: a missed cache-read prediction only makes one estimate conservative).
+const PREFIX_CAP: usize = 100_000;
+
+/// Prefixes shorter than this are never cached upstream (the smallest published minimum is
+/// 1024 tokens; some models need more, where a prediction errs towards reserving).
+const MIN_CACHEABLE: u64 = 1024;
+
+/// The limiter (cheap to clone).
+#[derive(Clone)]
+pub struct Limiter(Arc<Inner>);
+
+/// A call as the limiter needs to see it.
+#[derive(Debug, Clone, Copy)]
+pub struct CallInfo<'a> {
+    /// The tenant.
+    pub tenant: &'a Arc<str>,
+    /// The model requested.
+    pub model: &'a str,
+    /// `max_tokens` of the request.
+    pub max_tokens: u64,
+    /// The raw request body (for the input estimate).
+    pub body: &'a [u8],
+    /// Wall clock now (Unix ms), for the budget's day and month.
+    pub unix_ms: i64,
+}
+
+/// The tenant's own buckets as shown in `anthropic-ratelimit-*` headers: per dimension, the
+/// tightest of the tenant's scopes that apply to the call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantView {
+    /// Requests.
+    pub requests: Option<BucketView>,
+    /// Input tokens.
+    pub input_tokens: Option<BucketView>,
+    /// Output tokens.
+    pub output_tokens: Option<BucketView>,
+}
+
+impl TenantView {
+    fn from_outcome(req: &AdmitRequest, views: &[ScopeView]) -> Self {
+        let mut v = TenantView::default();
+        for (scope, view) in req.scopes.iter().zip(views) {
+            if scope.kind == ScopeKind::Org {
+                continue;
+            }
+            for d in Dimension::ALL {
+                let Some(b) = view.get(d) else { continue };
+                let slot = match d {
+                    Dimension::Requests => &mut v.requests,
+                    Dimension::InputTokens => &mut v.input_tokens,
+                    Dimension::OutputTokens => &mut v.output_tokens,
+                };
+                if slot.is_none_or(|cur| b.remaining < cur.remaining) {
+                    *slot = Some(b);
+                }
+            }
+        }
+        v
+    }
+
+    /// The view of dimension `d`.
+    pub fn get(&self, d: Dimension) -> Option<BucketView> {
+        match d {
+            Dimension::Requests => self.requests,
+            Dimension::InputTokens => self.input_tokens,
+            Dimension::OutputTokens => self.output_tokens,
+        }
+    }
+}
+
+/// Why a call was refused, in the terms the client sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// The tenant's own buckets.
+    TenantRate,
+    /// The organisation pool.
+    OrgPool,
+    /// A spend budget.
+    Budget,
+    /// The shared limiter is unreachable and `fail_mode = "closed"`.
+    Unavailable,
+}
+
+impl RefusalReason {
+    /// Label for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::TenantRate => "tenant_rate",
+            Self::OrgPool => "org_pool",
+            Self::Budget => "budget",
+            Self::Unavailable => "limiter_unavailable",
+        }
+    }
+}
+
+/// A refusal, ready to be put on the wire.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// Why.
+    pub reason: RefusalReason,
+    /// The message (names the tenant, the dimension and the limit; never another tenant or
+    /// the organisation's numbers).
+    pub message: String,
+    /// Seconds until a retry can succeed (`retry-after`).
+    pub retry_after_secs: u64,
+    /// False when retrying soon cannot help (budget spent, a call larger than a bucket).
+    pub should_retry: bool,
+    /// The tenant's buckets, for the headers.
+    pub view: TenantView,
+}
+
+/// An admitted call. Settle it when the call ends; dropping it unsettled keeps the whole
+/// reservation (the honest answer when nothing is known of what the upstream did).
+pub struct Permit {
+    limiter: Option<Limiter>,
+    request: Option<AdmitRequest>,
+    via: Via,
+    view: TenantView,
+    model: Arc<str>,
+    class: Arc<str>,
+    raw_input_estimate: u64,
+    /// The call's cache breakpoints (hashes of cacheable prefixes of at least the minimum size).
+    breakpoints: Vec<u64>,
+    policy: Arc<Policy>,
+    waited: Duration,
+    /// The class's upstream limit counts cache reads as input.
+    cache_reads_count: bool,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("request", &self.request)
+            .field("view", &self.view)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Permit {
+    /// The tenant's buckets after the admission (for the response headers).
+    pub fn view(&self) -> &TenantView {
+        &self.view
+    }
+
+    /// What was reserved.
+    pub fn reserved(&self) -> Demand {
+        self.request.as_ref().map(|r| r.demand).unwrap_or_default()
+    }
+
+    /// How long the call waited for room.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The model class.
+    pub fn class(&self) -> &str {
+        &self.class
+    }
+
+    /// Settle to what the upstream reported, learn from it, and return the call's cost in
+    /// micro-dollars (`None` when the model has no price).
+    pub fn settle(mut self, usage: &Usage, model_served: Option<&str>) -> Option<u64> {
+        let model = model_served.unwrap_or(&self.model);
+        let cost = self.policy.prices.cost_micros(model, usage, false);
+        let Some(limiter) = self.limiter.take() else {
+            return cost;
+        };
+        let inner = &limiter.0;
+        let now = limiter.now_us();
+        if usage.total_input() > 0 {
+            inner
+                .correction
+                .observe(&self.model, self.raw_input_estimate, usage.total_input());
+        }
+        if usage.output_tokens > 0
+            && let Some(r) = &self.request
+        {
+            inner
+                .outputs
+                .observe(&r.tenant, &self.model, usage.output_tokens);
+        }
+        if usage.cache_creation_input_tokens + usage.cache_read_input_tokens > 0 {
+            for h in &self.breakpoints {
+                limiter.remember_prefix(*h, now);
+            }
+        }
+        if let Some(request) = self.request.take() {
+            let actual = Demand {
+                requests: request.demand.requests,
+                input_tokens: if self.cache_reads_count {
+                    usage.total_input()
+                } else {
+                    usage.rate_limited_input()
+                },
+                output_tokens: usage.output_tokens,
+            };
+            let s = Settlement {
+                request,
+                actual,
+                actual_cost_micros: cost.unwrap_or(0),
+            };
+            match &inner.backend {
+                Backend::Local(b) => b.settle(&s, now),
+                Backend::Redis(b) => b.settle(s, self.via),
+            }
+            limiter.queue(&self.class).poke();
+        }
+        cost
+    }
+}
+
+impl Limiter {
+    /// A limiter over `backend`; `cfg` is checked now so a bad policy fails at startup.
+    pub fn new(cfg: &Arc<Config>, backend: Backend) -> Result<Limiter, LimitsError> {
+        let policy = Policy::build(cfg)?;
+        let l = &cfg.limits;
+        Ok(Limiter(Arc::new(Inner {
+            backend,
+            origin: Instant::now(),
+            policy: ArcSwap::from_pointee(PolicyCache {
+                config: Arc::as_ptr(cfg) as usize,
+                policy: Arc::new(policy),
+            }),
+            queues: Mutex::new(HashMap::new()),
+            correction: Correction::new(),
+            outputs: OutputEstimator::new(
+                l.output_percentile,
+                l.output_window,
+                l.output_cold_default,
+            ),
+            prefixes: Mutex::new(HashMap::new()),
+            stats: LimiterStats::default(),
+        })))
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &LimiterStats {
+        &self.0.stats
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Backend {
+        &self.0.backend
+    }
+
+    /// The policy of `cfg`, built once per snapshot. A snapshot whose policy does not build
+    /// (a reload that slipped past validation) keeps the previous policy, and says so.
+    pub fn policy(&self, cfg: &Arc<Config>) -> Arc<Policy> {
+        let addr = Arc::as_ptr(cfg) as usize;
+        let cur = self.0.policy.load();
+        if cur.config == addr {
+            return cur.policy.clone();
+        }
+        match Policy::build(cfg) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                self.0.policy.store(Arc::new(PolicyCache {
+                    config: addr,
+                    policy: p.clone(),
+                }));
+                p
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "new config's limits are invalid; keeping the previous ones");
+                cur.policy.clone()
+            }
+        }
+    }
+
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.0.origin.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn queue(&self, class: &Arc<str>) -> Arc<FairQueue> {
+        let mut q = self.0.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        q.entry(class.clone()).or_default().clone()
+    }
+
+    fn remember_prefix(&self, hash: u64, now_us: u64) {
+        let mut m = self
+            .0
+            .prefixes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if m.len() >= PREFIX_CAP && !m.contains_key(&hash) {
+            let ttl = self.0.policy.load().policy.cache_ttl_us;
+            m.retain(|_, seen| now_us.saturating_sub(*seen) < ttl);
+            if m.len() >= PREFIX_CAP {
+                m.clear();
+            }
+        }
+        m.insert(hash, now_us);
+    }
+
+    fn prefix_is_cached(&self, hash: u64, now_us: u64, ttl_us: u64) -> bool {
+        let m = self
+            .0
+            .prefixes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        m.get(&hash)
+            .is_some_and(|seen| now_us.saturating_sub(*seen) < ttl_us)
+    }
+
+    /// Seed a tenant's spend (from the ledger at startup).
+    pub async fn add_spend(&self, tenant: &str, period: Period, at: u32, micros: u64) {
+        match &self.0.backend {
+            Backend::Local(b) => b.add_spend(tenant, period, at, micros),
+            Backend::Redis(b) => b.add_spend(tenant, period, at, micros).await,
+        }
+    }
+
+    /// The upstream reported `remaining` in dimension `d` of the org pool of `model`'s class:
+    /// never believe there is more room than that.
+    pub fn observe_upstream(&self, cfg: &Arc<Config>, model: &str, d: Dimension, remaining: u64) {
+        let policy = self.policy(cfg);
+        let class = policy.class_of(model);
+        let Some(scope) = policy.org.get(class) else {
+            return;
+        };
+        match &self.0.backend {
+            Backend::Local(b) => b.observe(scope, d, remaining, self.now_us()),
+            Backend::Redis(b) => b.observe(scope, d, remaining),
+        }
+    }
+
+    async fn admit_once(&self, req: &AdmitRequest) -> Result<(Outcome, Via), BackendError> {
+        match &self.0.backend {
+            Backend::Local(b) => Ok((b.admit(req, self.now_us()), Via::Local)),
+            Backend::Redis(b) => b
+                .admit(req, self.now_us())
+                .await
+                .map(|a| (a.outcome, a.via)),
+        }
+    }
+
+    /// Admit a call, waiting for room up to the tenant's `max_wait_ms`.
+    pub async fn acquire(
+        &self,
+        cfg: &Arc<Config>,
+        call: CallInfo<'_>,
+    ) -> Result<Permit, Box<Refused>> {
+        let policy = self.policy(cfg);
+        let class = policy.class_of(call.model).clone();
+        let model: Arc<str> = Arc::from(call.model);
+        let now = self.now_us();
+
+        let est = estimate_input(call.body);
+        let corrected = self.0.correction.apply(call.model, est.total);
+        let cache_reads_count = policy.cache_reads_count.contains(&class);
+        // Cache reads are free: predict them. The longest prefix (a breakpoint of this call,
+        // or a block boundary just before its last one, where the upstream looks for earlier
+        // turns' entries) that a recent call wrote or read is assumed to be read again.
+        let cached_raw = if cache_reads_count {
+            0
+        } else {
+            est.breakpoints()
+                .iter()
+                .chain(est.lookback())
+                .filter(|p| p.tokens >= MIN_CACHEABLE)
+                .filter(|p| self.prefix_is_cached(p.hash, now, policy.cache_ttl_us))
+                .map(|p| p.tokens)
+                .max()
+                .unwrap_or(0)
+        };
+        // Scaled by the same correction as the whole.
+        let cached = u64::try_from(
+            u128::from(cached_raw) * u128::from(corrected.max(1)) / u128::from(est.total.max(1)),
+        )
+        .unwrap_or(u64::MAX);
+        let input = corrected.saturating_sub(cached).max(1);
+        let output = self
+            .0
+            .outputs
+            .estimate(call.tenant, call.model, call.max_tokens);
+
+        let tp = policy.tenants.get(&**call.tenant);
+        let mut scopes = Vec::with_capacity(3);
+        if let Some(tp) = tp {
+            if let Some(w) = &tp.wide {
+                scopes.push(w.clone());
+            }
+            if let Some(c) = tp.by_class.get(&class) {
+                scopes.push(c.clone());
+            }
+        }
+        let priority = tp.map_or(Priority::Standard, |t| t.priority);
+        if let Some(o) = policy.org.get(&class) {
+            let mut o = o.clone();
+            o.keep_free_ppm = ppm(policy.keep_free.for_priority(priority));
+            scopes.push(o);
+        }
+        let budget = tp.and_then(|t| {
+            (t.daily_micros.is_some() || t.monthly_micros.is_some()).then(|| {
+                let (day, month) = day_and_month(call.unix_ms);
+                BudgetCheck {
+                    cost_micros: policy
+                        .prices
+                        .estimate_micros(call.model, input, output, false)
+                        .unwrap_or(0),
+                    day,
+                    month,
+                    daily_micros: t.daily_micros,
+                    monthly_micros: t.monthly_micros,
+                }
+            })
+        });
+        let mut permit = Permit {
+            limiter: Some(self.clone()),
+            request: None,
+            via: Via::Local,
+            view: TenantView::default(),
+            model,
+            class: class.clone(),
+            raw_input_estimate: est.total,
+            breakpoints: est
+                .breakpoints()
+                .iter()
+                .filter(|p| p.tokens >= MIN_CACHEABLE)
+                .map(|p| p.hash)
+                .collect(),
+            policy: policy.clone(),
+            waited: Duration::ZERO,
+            cache_reads_count,
+        };
+        if scopes.is_empty() && budget.is_none() {
+            self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            return Ok(permit);
+        }
+        let req = AdmitRequest {
+            tenant: call.tenant.clone(),
+            scopes,
+            demand: Demand {
+                requests: 1,
+                input_tokens: input,
+                output_tokens: output,
+            },
+            budget,
+        };
+        let max_wait = tp.map_or(Duration::ZERO, |t| t.max_wait);
+        let weight = tp.map_or(1, |t| t.weight);
+        let started = Instant::now();
+        let deadline = started + max_wait;
+        let can_wait = !max_wait.is_zero();
+        let queue = self.queue(&class);
+        let mut place: Option<(Place, Arc<Notify>)> = None;
+        let cost_tokens = input.saturating_add(output);
+
+        let refuse = |this: &Self, r: Refused, place: &Option<(Place, Arc<Notify>)>| {
+            if let Some((p, _)) = place {
+                queue.leave(p, false);
+            }
+            let c = match r.reason {
+                RefusalReason::TenantRate => &this.0.stats.refused_tenant,
+                RefusalReason::OrgPool => &this.0.stats.refused_org,
+                RefusalReason::Budget => &this.0.stats.refused_budget,
+                RefusalReason::Unavailable => &this.0.stats.refused_unavailable,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            Err(Box::new(r))
+        };
+
+        loop {
+            if let Some((p, n)) = &place {
+                if !queue.is_head(p) {
+                    if tokio::time::timeout_at(deadline, n.notified())
+                        .await
+                        .is_err()
+                    {
+                        let view = self.current_view(&req);
+                        let r = Refused {
+                            reason: RefusalReason::OrgPool,
+                            message: format!(
+                                "the shared {class} capacity stayed busy for the {} ms tenant '{}' may wait (max_wait_ms); retry shortly",
+                                max_wait.as_millis(),
+                                call.tenant
+                            ),
+                            retry_after_secs: 1,
+                            should_retry: true,
+                            view,
+                        };
+                        return refuse(self, r, &place);
+                    }
+                    continue;
+                }
+            } else if can_wait && queue.busy_at_or_above(priority) {
+                place = Some(queue.join(call.tenant, priority, cost_tokens, weight, None));
+                continue;
+            }
+
+            let (outcome, via) = match self.admit_once(&req).await {
+                Ok(o) => o,
+                Err(e) => {
+                    let r = Refused {
+                        reason: RefusalReason::Unavailable,
+                        message: format!(
+                            "the rate limiter is unavailable ({e}) and this gateway is configured to refuse calls until it is back; retry shortly"
+                        ),
+                        retry_after_secs: 1,
+                        should_retry: true,
+                        view: TenantView::default(),
+                    };
+                    return refuse(self, r, &place);
+                }
+            };
+            let view = TenantView::from_outcome(&req, &outcome.views);
+            match outcome.result {
+                Ok(()) => {
+                    if let Some((p, _)) = &place {
+                        queue.leave(p, true);
+                    }
+                    let waited = started.elapsed();
+                    let st = &self.0.stats;
+                    st.admitted.fetch_add(1, Ordering::Relaxed);
+                    if !waited.is_zero() && place.is_some() {
+                        st.admitted_after_wait.fetch_add(1, Ordering::Relaxed);
+                    }
+                    st.wait_us_total.fetch_add(
+                        u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
+                    permit.request = Some(req);
+                    permit.via = via;
+                    permit.view = view;
+                    permit.waited = waited;
+                    return Ok(permit);
+                }
+                Err(d @ (Denial::Budget { .. } | Denial::NeverFits { .. })) => {
+                    let r = describe(&req, d, view, call.unix_ms);
+                    return refuse(self, r, &place);
+                }
+                Err(
+                    d @ Denial::Wait {
+                        scope,
+                        retry_after_us,
+                        ..
+                    },
+                ) => {
+                    let wait = Duration::from_micros(retry_after_us);
+                    if !can_wait || Instant::now() + wait > deadline {
+                        let r = describe(&req, d, view, call.unix_ms);
+                        return refuse(self, r, &place);
+                    }
+                    let is_org = req
+                        .scopes
+                        .get(scope)
+                        .is_some_and(|s| s.kind == ScopeKind::Org);
+                    if is_org {
+                        if place.is_none() {
+                            place =
+                                Some(queue.join(call.tenant, priority, cost_tokens, weight, None));
+                        }
+                        if let Some((p, n)) = &place
+                            && queue.is_head(p)
+                        {
+                            // Sleep until the pool has room for us, or until a refund pokes us.
+                            let _ = tokio::time::timeout(wait, n.notified()).await;
+                        }
+                    } else {
+                        // Our own tenant's bucket is short: step aside so the rest of the
+                        // class is not held up, and come back to the same place.
+                        let old = place.take().map(|(p, _)| {
+                            queue.leave(&p, false);
+                            p
+                        });
+                        tokio::time::sleep(wait).await;
+                        if let Some(p) = old {
+                            place = Some(queue.join(
+                                call.tenant,
+                                priority,
+                                cost_tokens,
+                                weight,
+                                Some(p),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The tenant's buckets now, without admitting anything.
+    fn current_view(&self, req: &AdmitRequest) -> TenantView {
+        match &self.0.backend {
+            Backend::Local(b) => {
+                let now = self.now_us();
+                let views: Vec<ScopeView> = req.scopes.iter().map(|s| b.view(s, now)).collect();
+                TenantView::from_outcome(req, &views)
+            }
+            Backend::Redis(_) => TenantView::default(),
+        }
+    }
+
+    /// The queue depth of every class with waiters (for metrics).
+    pub fn queue_depths(&self) -> Vec<(Arc<str>, usize)> {
+        let q = self.0.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        q.iter().map(|(c, q)| (c.clone(), q.len())).collect()
+    }
+}
+
+fn ppm(share: f64) -> u32 {
+    (share.clamp(0.0, 1.0) * 1_000_000.0).round() as u32
+}
+
+/// Seconds, rounded up, and at least 1 (a `retry-after: 0` makes SDKs retry at once).
+fn secs_ceil(us: u64) -> u64 {
+    us.div_ceil(1_000_000).max(1)
+}
+
+/// The words of a refusal.
+fn describe(req: &AdmitRequest, d: Denial, view: TenantView, unix_ms: i64) -> Refused {
+    match d {
+        Denial::Wait {
+            scope,
+            dimension,
+            retry_after_us,
+        } => {
+            let secs = secs_ceil(retry_after_us);
+            let s = req.scopes.get(scope);
+            let (reason, message) = match s {
+                Some(s) if s.kind == ScopeKind::Org => (
+                    RefusalReason::OrgPool,
+                    format!(
+                        "the organisation's shared {} capacity is exhausted for {}; retry in {secs}s",
+                        s.name,
+                        dimension.describe()
+                    ),
+                ),
+                Some(s) => (
+                    RefusalReason::TenantRate,
+                    format!(
+                        "tenant '{}' exhausted its {}{} ({}/min); retry in {secs}s",
+                        req.tenant,
+                        dimension.describe(),
+                        class_words(s),
+                        s.rates.get(dimension).map_or(0, |r| r.per_minute)
+                    ),
+                ),
+                None => (
+                    RefusalReason::TenantRate,
+                    format!("rate limited; retry in {secs}s"),
+                ),
+            };
+            Refused {
+                reason,
+                message,
+                retry_after_secs: secs,
+                should_retry: true,
+                view,
+            }
+        }
+        Denial::NeverFits { scope, dimension } => {
+            let s = req.scopes.get(scope);
+            let need = match dimension {
+                Dimension::Requests => req.demand.requests,
+                Dimension::InputTokens => req.demand.input_tokens,
+                Dimension::OutputTokens => req.demand.output_tokens,
+            };
+            let what = match dimension {
+                Dimension::Requests => "requests",
+                Dimension::InputTokens => "input tokens",
+                Dimension::OutputTokens => {
+                    "output tokens (reserved: min(max_tokens, recent outputs))"
+                }
+            };
+            let message = match s {
+                Some(s) if s.kind == ScopeKind::Org => format!(
+                    "this call needs about {need} {what}, more than the organisation's shared {} capacity can ever hold for its priority class; it cannot be admitted (lower max_tokens or split the input)",
+                    s.name
+                ),
+                Some(s) => format!(
+                    "this call needs about {need} {what}, more than tenant '{}' may use per minute{} ({}); it cannot be admitted (lower max_tokens or split the input)",
+                    req.tenant,
+                    class_words(s),
+                    s.rates.get(dimension).map_or(0, |r| r.burst)
+                ),
+                None => "this call can never be admitted".to_owned(),
+            };
+            Refused {
+                reason: if s.is_some_and(|s| s.kind == ScopeKind::Org) {
+                    RefusalReason::OrgPool
+                } else {
+                    RefusalReason::TenantRate
+                },
+                message,
+                retry_after_secs: 60,
+                should_retry: false,
+                view,
+            }
+        }
+        Denial::Budget {
+            period,
+            limit_micros,
+            spent_micros,
+        } => {
+            let until = until_period_end(period, unix_ms);
+            Refused {
+                reason: RefusalReason::Budget,
+                message: format!(
+                    "tenant '{}' reached its {} spend budget (${} of ${}); it resets at the start of the next UTC {}",
+                    req.tenant,
+                    period.adjective(),
+                    dollars(spent_micros),
+                    dollars(limit_micros),
+                    match period {
+                        Period::Day => "day",
+                        Period::Month => "month",
+                    }
+                ),
+                retry_after_secs: until.max(1),
+                should_retry: false,
+                view,
+            }
+        }
+    }
+}
+
+fn class_words(s: &Scope) -> String {
+    match s.kind {
+        ScopeKind::TenantClass => {
+            // The key is `t:<tenant>:c:<class>`.
+            let class = s.key.rsplit(":c:").next().unwrap_or("");
+            format!(" for {class} models")
+        }
+        _ => String::new(),
+    }
+}
+
+/// `12.345678` from micro-dollars, without floating point.
+pub fn dollars(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// The UTC day (days since the epoch) and month (`year * 12 + month - 1`) of `unix_ms`.
+pub fn day_and_month(unix_ms: i64) -> (u32, u32) {
+    let days = unix_ms.div_euclid(86_400_000);
+    let (y, m, _) = civil_from_days(days);
+    (
+        u32::try_from(days).unwrap_or(0),
+        u32::try_from(y * 12 + i64::from(m) - 1).unwrap_or(0),
+    )
+}
+
+/// The first Unix ms of the UTC day and of the UTC month containing `unix_ms` (to seed
+/// budgets from the ledger).
+pub fn period_starts(unix_ms: i64) -> (i64, i64) {
+    let days = unix_ms.div_euclid(86_400_000);
+    let (y, m, _) = civil_from_days(days);
+    (days * 86_400_000, days_from_civil(y, m, 1) * 86_400_000)
+}
+
+fn until_period_end(period: Period, unix_ms: i64) -> u64 {
+    let days = unix_ms.div_euclid(86_400_000);
+    let end_ms = match period {
+        Period::Day => (days + 1) * 86_400_000,
+        Period::Month => {
+            let (y, m, _) = civil_from_days(days);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            days_from_civil(ny, nm, 1) * 86_400_000
+        }
+    };
+    u64::try_from((end_ms - unix_ms).max(0) / 1000).unwrap_or(0)
+}
+
+/// Howard Hinnant's civil-from-days: (year, month 1-12, day 1-31) of a day count.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// The inverse of [`civil_from_days`].
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
