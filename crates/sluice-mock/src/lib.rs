@@ -57,6 +57,9 @@ pub struct MockOptions {
     pub event_interval: Duration,
     /// Send the `anthropic-ratelimit-*` and `anthropic-organization-id` headers.
     pub ratelimit_headers: bool,
+    /// Report this many input tokens remaining in `anthropic-ratelimit-input-tokens-remaining`
+    /// (default: a fixed comfortable number), to test a gateway's reaction to a short org.
+    pub input_tokens_remaining: Option<u64>,
     /// When set, `/v1/…` requests must carry this key as `x-api-key` (or
     /// `Authorization: Bearer`), else they get a 401 `authentication_error`.
     pub api_key: Option<String>,
@@ -75,6 +78,7 @@ impl Default for MockOptions {
             latency: Duration::ZERO,
             event_interval: Duration::ZERO,
             ratelimit_headers: true,
+            input_tokens_remaining: None,
             api_key: None,
             record: false,
             output_tokens: None,

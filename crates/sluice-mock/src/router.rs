@@ -463,10 +463,13 @@ fn respond(
                 HeaderName::from_static(limit),
                 HeaderValue::from_static(limit_v),
             );
-            h.insert(
-                HeaderName::from_static(remaining),
-                HeaderValue::from_static(remaining_v),
-            );
+            let value = match state.opts.input_tokens_remaining {
+                Some(n) if remaining == "anthropic-ratelimit-input-tokens-remaining" => {
+                    HeaderValue::from(n)
+                }
+                _ => HeaderValue::from_static(remaining_v),
+            };
+            h.insert(HeaderName::from_static(remaining), value);
             if let Some(reset) = &reset {
                 h.insert(HeaderName::from_static(reset_name), reset.clone());
             }

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use sluice_anthropic::{parse_message_request, parse_message_response};
 use sluice_config::Config;
+use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
 use std::sync::Arc;
 use std::time::Instant;
@@ -240,8 +241,20 @@ pub(crate) async fn buffered(
 }
 
 /// The client's response: the upstream's status and (filtered) headers, with `body`.
-pub(crate) fn respond(mut parts: http::response::Parts, body: Body) -> Response {
+pub(crate) fn respond(parts: http::response::Parts, body: Body) -> Response {
+    respond_with(parts, body, None)
+}
+
+/// [`respond`], adding the tenant's own rate-limit headers (after the upstream's were removed).
+pub(crate) fn respond_with(
+    mut parts: http::response::Parts,
+    body: Body,
+    view: Option<&TenantView>,
+) -> Response {
     headers::for_client(&mut parts.headers);
+    if let Some(v) = view {
+        headers::rate_limit_headers(&mut parts.headers, v);
+    }
     Response::from_parts(parts, body)
 }
 
@@ -279,13 +292,39 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     let bytes = step!(call, call.read_body(&parts, body).await);
     let info = step!(call, parse_message_request(&bytes));
     call.rec.set_model(&info.model);
+    // Token counting is free upstream and limited separately there; only Messages calls are
+    // charged to buckets and budgets.
+    let mut view = None;
+    if endpoint == "messages" {
+        let info = CallInfo {
+            tenant: &call.tenant,
+            model: &info.model,
+            // Required upstream; without it the upstream answers 400 and nothing is spent.
+            max_tokens: info.max_tokens.unwrap_or(0),
+            body: &bytes,
+            unix_ms: s.clock().unix_ms(),
+        };
+        let permit = step!(
+            call,
+            s.limiter()
+                .acquire(&call.cfg, info)
+                .await
+                .map_err(GatewayError::Limited)
+        );
+        view = Some(*permit.view());
+        call.rec.set_permit(permit);
+    }
     let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
+    for (d, remaining) in headers::upstream_remaining(resp.headers()) {
+        s.limiter()
+            .observe_upstream(&call.cfg, &info.model, d, remaining);
+    }
     let status = resp.status();
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
         let (p, incoming) = resp.into_parts();
         let body = TapBody::new(incoming, call.rec, status.as_u16());
-        return respond(p, Body::new(body));
+        return respond_with(p, Body::new(body), view.as_ref());
     }
     let (p, bytes) = step!(call, buffered(resp).await);
     call.rec.keep_response_body(&bytes);
@@ -310,7 +349,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         }
     };
     call.rec.finish(ending);
-    respond(p, Body::from(bytes))
+    respond_with(p, Body::from(bytes), view.as_ref())
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`: authenticated pass-through.
@@ -348,11 +387,27 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .stats()
         .alive
         .load(std::sync::atomic::Ordering::Relaxed);
+    // The shared limiter being away does not make the gateway unready: it serves on under
+    // its fail_mode. It is shown so an operator sees it.
+    let limiter = match s.limiter().backend() {
+        Backend::Local(_) => r#"{"backend":"local"}"#.to_owned(),
+        Backend::Redis(r) => {
+            let st = r.status();
+            format!(
+                r#"{{"backend":"redis","redis_up":{},"fallbacks_total":{},"outages_total":{}}}"#,
+                st.up, st.fallbacks_total, st.outages_total
+            )
+        }
+    };
     if keys && ledger {
-        json_status(StatusCode::OK, r#"{"status":"ready"}"#)
+        json_status(
+            StatusCode::OK,
+            &format!(r#"{{"status":"ready","limiter":{limiter}}}"#),
+        )
     } else {
-        let body =
-            format!(r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger}}}"#);
+        let body = format!(
+            r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger},"limiter":{limiter}}}"#
+        );
         json_status(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
 }

@@ -6,6 +6,7 @@
 use crate::state::AppState;
 use bytes::Bytes;
 use sluice_core::Usage;
+use sluice_limits::limiter::Permit;
 use sluice_store::LedgerRow;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub struct CallRecorder {
     ttfb: Option<Duration>,
     /// Set when the tenant asked for bodies to be logged.
     log_bodies: Option<BodyLog>,
+    /// The limiter's permit, settled when the call finishes.
+    permit: Option<Permit>,
 }
 
 /// Bodies kept for the log line of a tenant with `log_bodies = true`.
@@ -54,7 +57,13 @@ impl CallRecorder {
             start,
             ttfb: None,
             log_bodies: log_bodies.then(BodyLog::default),
+            permit: None,
         }
+    }
+
+    /// Hold the limiter's permit until the call ends.
+    pub fn set_permit(&mut self, p: Permit) {
+        self.permit = Some(p);
     }
 
     /// The first byte of the upstream's response arrived now (first call wins).
@@ -119,6 +128,19 @@ impl CallRecorder {
         row.usage = end.usage;
         row.stop_reason = end.stop_reason;
         row.model_served = end.model_served;
+        if let Some(p) = self.permit.take() {
+            row.waited_ms = duration_ms(p.waited());
+            if end.outcome == "client_closed" && end.usage == Usage::default() {
+                // Nothing is known of what the upstream did: keep the whole reservation
+                // (dropping the permit does) and charge nothing we cannot show.
+                drop(p);
+            } else {
+                let served = row.model_served.as_deref().or(row.model.as_deref());
+                row.cost_micros = p
+                    .settle(&row.usage, served)
+                    .and_then(|c| i64::try_from(c).ok());
+            }
+        }
         self.log(&row);
         if !self.state.ledger().record(row) {
             tracing::error!("ledger queue full or closed: a ledger row was dropped");
@@ -151,6 +173,8 @@ impl CallRecorder {
             cache_read_input_tokens = r.usage.cache_read_input_tokens,
             stop_reason = r.stop_reason.as_deref(),
             upstream = r.upstream.as_deref(),
+            cost_micros = r.cost_micros,
+            waited_ms = r.waited_ms,
             request_body = req_body.as_deref(),
             response_body = resp_body.as_deref(),
             "call"

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use sluice_anthropic::{WireError, error_body};
 use sluice_core::ErrorKind;
+use sluice_limits::limiter::{RefusalReason, Refused};
 use sluice_upstream::UpstreamError;
 use std::sync::Arc;
 
@@ -55,6 +56,10 @@ pub enum GatewayError {
     /// No such resource for this tenant.
     #[error("{0}")]
     NotFound(String),
+    /// The limiter refused the call (tenant rate, org pool, budget, or an unreachable shared
+    /// limiter with `fail_mode = "closed"`).
+    #[error("{}", .0.message)]
+    Limited(Box<Refused>),
     /// A fault inside the gateway (e.g. the state database failed).
     #[error("gateway internal error: {0}")]
     Internal(String),
@@ -73,6 +78,8 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout(_)) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,
             Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Limited(r) if r.reason == RefusalReason::Unavailable => ErrorKind::Api,
+            Self::Limited(_) => ErrorKind::RateLimit,
         }
     }
 
@@ -84,6 +91,10 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Limited(r) if r.reason == RefusalReason::Unavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             other => StatusCode::from_u16(other.kind().default_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -96,6 +107,12 @@ impl GatewayError {
             Self::Upstream(_) => "upstream_unreachable",
             Self::UpstreamBody => "upstream_disconnected",
             Self::Internal(_) => "gateway_error",
+            Self::Limited(r) => match r.reason {
+                RefusalReason::TenantRate => "limited_tenant",
+                RefusalReason::OrgPool => "limited_org",
+                RefusalReason::Budget => "limited_budget",
+                RefusalReason::Unavailable => "limiter_unavailable",
+            },
             _ => "rejected",
         }
     }
@@ -118,6 +135,14 @@ impl GatewayError {
             ErrorKind::Authentication | ErrorKind::Permission
         ) {
             h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Self::Limited(r) = self {
+            h.insert("retry-after", HeaderValue::from(r.retry_after_secs));
+            h.insert(
+                "x-should-retry",
+                HeaderValue::from_static(if r.should_retry { "true" } else { "false" }),
+            );
+            crate::headers::rate_limit_headers(h, &r.view);
         }
         resp
     }

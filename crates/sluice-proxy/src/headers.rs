@@ -5,8 +5,10 @@
 //! back as sent except hop-by-hop ones and the organisation's rate-limit and identity headers,
 //! which describe the whole organisation, not the calling tenant.
 
-use http::HeaderMap;
 use http::header::HeaderName;
+use http::{HeaderMap, HeaderValue};
+use sluice_limits::Dimension;
+use sluice_limits::limiter::TenantView;
 
 /// Request headers never forwarded upstream.
 const DROP_REQUEST: &[&str] = &[
@@ -53,6 +55,72 @@ pub fn for_client(headers: &mut HeaderMap) {
         headers.remove(*name);
     }
     remove_prefixed(headers, "anthropic-ratelimit-");
+}
+
+/// The tenant's own `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,
+/// remaining,reset}` headers, in the upstream's format (reset is RFC 3339, when the bucket is
+/// full again). Only limited dimensions get headers.
+pub fn rate_limit_headers(h: &mut HeaderMap, view: &TenantView) {
+    const NAMES: [(Dimension, [&str; 3]); 3] = [
+        (
+            Dimension::Requests,
+            [
+                "anthropic-ratelimit-requests-limit",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ],
+        ),
+        (
+            Dimension::InputTokens,
+            [
+                "anthropic-ratelimit-input-tokens-limit",
+                "anthropic-ratelimit-input-tokens-remaining",
+                "anthropic-ratelimit-input-tokens-reset",
+            ],
+        ),
+        (
+            Dimension::OutputTokens,
+            [
+                "anthropic-ratelimit-output-tokens-limit",
+                "anthropic-ratelimit-output-tokens-remaining",
+                "anthropic-ratelimit-output-tokens-reset",
+            ],
+        ),
+    ];
+    let now = std::time::SystemTime::now();
+    for (d, [limit, remaining, reset]) in NAMES {
+        let Some(b) = view.get(d) else { continue };
+        h.insert(limit, HeaderValue::from(b.limit));
+        h.insert(remaining, HeaderValue::from(b.remaining));
+        let at = now + std::time::Duration::from_micros(b.full_in_us);
+        if let Ok(v) = HeaderValue::from_str(&humantime::format_rfc3339_seconds(at).to_string()) {
+            h.insert(reset, v);
+        }
+    }
+}
+
+/// What the upstream says is left of the organisation's buckets, read before those headers
+/// are stripped: `(dimension, remaining)`.
+pub fn upstream_remaining(h: &HeaderMap) -> impl Iterator<Item = (Dimension, u64)> + '_ {
+    [
+        (
+            Dimension::Requests,
+            "anthropic-ratelimit-requests-remaining",
+        ),
+        (
+            Dimension::InputTokens,
+            "anthropic-ratelimit-input-tokens-remaining",
+        ),
+        (
+            Dimension::OutputTokens,
+            "anthropic-ratelimit-output-tokens-remaining",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(d, name)| {
+        let v = h.get(name)?.to_str().ok()?.trim().parse::<u64>().ok()?;
+        Some((d, v))
+    })
 }
 
 fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {

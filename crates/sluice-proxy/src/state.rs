@@ -4,6 +4,7 @@
 use crate::auth::KeyRing;
 use sluice_config::{Config, SharedConfig};
 use sluice_core::Clock;
+use sluice_limits::limiter::Limiter;
 use sluice_store::{LedgerSender, Store};
 use sluice_upstream::Upstream;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct Parts {
     pub store: Store,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// Rate limits and budgets.
+    pub limiter: Limiter,
 }
 
 struct Inner {
@@ -72,6 +75,11 @@ impl AppState {
     /// The state database.
     pub fn store(&self) -> &Store {
         &self.0.parts.store
+    }
+
+    /// The limiter.
+    pub fn limiter(&self) -> &Limiter {
+        &self.0.parts.limiter
     }
 
     /// The clock.

@@ -55,6 +55,8 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX ledger_ts ON ledger (ts_ms);
      CREATE INDEX ledger_tenant_ts ON ledger (tenant, ts_ms);",
+    // v2: how long a call waited for rate-limit room.
+    "ALTER TABLE ledger ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle on the state database for control-plane work (CLI, batch ownership). Cloning is

@@ -59,8 +59,10 @@ pub struct LedgerRow {
     pub stop_reason: Option<String>,
     /// Which upstream served it.
     pub upstream: Option<String>,
-    /// Cost in micro-dollars (filled in once pricing lands).
+    /// Cost in micro-dollars from the price table (`None`: the model has no price).
     pub cost_micros: Option<i64>,
+    /// Milliseconds the call waited in the limiter's queue before it was admitted.
+    pub waited_ms: u64,
 }
 
 /// Counters of the writer, shared with the data plane (for metrics and readiness).
@@ -279,9 +281,9 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 model_served, streamed, status, outcome, error_type, latency_ms, ttfb_ms,
                 input_tokens, output_tokens, cache_creation_input_tokens,
                 cache_creation_5m_input_tokens, cache_creation_1h_input_tokens,
-                cache_read_input_tokens, stop_reason, upstream, cost_micros)
+                cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -308,6 +310,7 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 r.stop_reason,
                 r.upstream,
                 r.cost_micros,
+                to_i64(r.waited_ms),
             ])?;
         }
     }

@@ -58,11 +58,24 @@ pub struct UsageRow {
     pub cache_creation_input_tokens: i64,
     /// Cache-read tokens.
     pub cache_read_input_tokens: i64,
-    /// Cost in micro-dollars (0 until pricing lands).
+    /// Cost in micro-dollars: the sum of the rows' `cost_micros`, where calls of a model
+    /// without a price (NULL) count as 0.
     pub cost_micros: i64,
 }
 
 impl Store {
+    /// Spend per tenant (micro-dollars) of calls at or after `since_ms`: seeds the limiter's
+    /// budget counters at startup.
+    pub fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT tenant, COALESCE(sum(cost_micros), 0) FROM ledger
+             WHERE ts_ms >= ?1 GROUP BY tenant",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+    }
+
     /// Totals for `q`, largest token users first.
     pub fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let cols: Vec<&str> = q.group_by.iter().map(|g| g.column()).collect();

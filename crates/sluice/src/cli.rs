@@ -297,8 +297,8 @@ pub fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
     };
     let mut line = head.iter().map(|h| format!("{h:<24}")).collect::<String>();
     line.push_str(&format!(
-        "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
-        "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_WRITE", "CACHE_READ"
+        "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15}",
+        "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_WRITE", "CACHE_READ", "COST"
     ));
     println!("{line}");
     let mut total = sluice_store::UsageRow::default();
@@ -309,13 +309,14 @@ pub fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
             .map(|g| format!("{g:<24}"))
             .collect::<String>();
         l.push_str(&format!(
-            "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
+            "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15}",
             r.requests,
             r.errors,
             r.input_tokens,
             r.output_tokens,
             r.cache_creation_input_tokens,
-            r.cache_read_input_tokens
+            r.cache_read_input_tokens,
+            fmt_usd(r.cost_micros)
         ));
         println!("{l}");
         total.requests += r.requests;
@@ -324,19 +325,29 @@ pub fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
         total.output_tokens += r.output_tokens;
         total.cache_creation_input_tokens += r.cache_creation_input_tokens;
         total.cache_read_input_tokens += r.cache_read_input_tokens;
+        total.cost_micros += r.cost_micros;
     }
     let mut l = format!("{:<w$}", "TOTAL", w = 24 * head.len());
     l.push_str(&format!(
-        "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
+        "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15}",
         total.requests,
         total.errors,
         total.input_tokens,
         total.output_tokens,
         total.cache_creation_input_tokens,
-        total.cache_read_input_tokens
+        total.cache_read_input_tokens,
+        fmt_usd(total.cost_micros)
     ));
     println!("{l}");
     Ok(())
+}
+
+/// Micro-dollars as dollars with all six decimals (`$12.345678`), from the integer so no float
+/// rounding can make a total disagree with the ledger.
+fn fmt_usd(micros: i64) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}${}.{:06}", m / 1_000_000, m % 1_000_000)
 }
 
 /// Options of the fake upstream from `sluice mock`'s flags.
@@ -365,5 +376,14 @@ mod tests {
         );
         assert_eq!(parse_when("1970-01-01T00:00:01Z", 0).unwrap(), 1000);
         assert!(parse_when("yesterday-ish", 0).is_err());
+    }
+
+    #[test]
+    fn costs_print_as_exact_dollars() {
+        assert_eq!(fmt_usd(0), "$0.000000");
+        assert_eq!(fmt_usd(5943), "$0.005943");
+        assert_eq!(fmt_usd(12_345_678), "$12.345678");
+        assert_eq!(fmt_usd(-1), "-$0.000001");
+        assert_eq!(fmt_usd(i64::MIN), "-$9223372036854.775808");
     }
 }

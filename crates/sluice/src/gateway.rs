@@ -3,8 +3,13 @@
 //! calls (streams included, up to `shutdown_grace_secs`) and flush every ledger row.
 
 use anyhow::Context;
-use sluice_config::Config;
+use sluice_config::{Config, LimiterBackend};
+use sluice_core::Clock;
 use sluice_core::SystemClock;
+use sluice_limits::backend::Period;
+use sluice_limits::limiter::{Backend, Limiter, day_and_month, period_starts};
+use sluice_limits::local::LocalBackend;
+use sluice_limits::redis::{RedisBackend, RedisOptions};
 use sluice_proxy::{AppState, KeyRing, Parts};
 use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
 use sluice_upstream::{Secret, Upstream, UpstreamOptions};
@@ -26,6 +31,41 @@ pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
             cfg.upstream.api_key_env
         ),
     }
+}
+
+/// The limiter of `cfg`'s backend, with every tenant's spend so far this day and month read
+/// back from the ledger (so a restart does not reset budgets).
+async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limiter> {
+    let backend = match cfg.limits.backend {
+        LimiterBackend::Local => Backend::Local(LocalBackend::new()),
+        LimiterBackend::Redis => Backend::Redis(RedisBackend::connect(RedisOptions {
+            url: cfg.limits.redis_url.clone(),
+            prefix: cfg.limits.redis_prefix.clone(),
+            timeout: Duration::from_millis(cfg.limits.redis_timeout_ms),
+            fail_mode: cfg.limits.fail_mode,
+            fallback_share: cfg.limits.fallback_share,
+            ..RedisOptions::default()
+        })),
+    };
+    let limiter = Limiter::new(cfg, backend).context("invalid limits in the config")?;
+    let now = SystemClock.unix_ms();
+    let (day, month) = day_and_month(now);
+    let (day_start, month_start) = period_starts(now);
+    let s = store.clone();
+    let (daily, monthly) = tokio::task::spawn_blocking(move || {
+        Ok::<_, sluice_store::StoreError>((s.spend_since(day_start)?, s.spend_since(month_start)?))
+    })
+    .await?
+    .context("cannot read spend so far from the ledger")?;
+    for (tenant, micros) in daily {
+        let m = u64::try_from(micros).unwrap_or(0);
+        limiter.add_spend(&tenant, Period::Day, day, m).await;
+    }
+    for (tenant, micros) in monthly {
+        let m = u64::try_from(micros).unwrap_or(0);
+        limiter.add_spend(&tenant, Period::Month, month, m).await;
+    }
+    Ok(limiter)
 }
 
 /// A gateway running in this process.
@@ -107,8 +147,11 @@ pub async fn run(
     })?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let tenants = cfg.tenants.len();
+    let config = sluice_config::shared(cfg);
+    let limiter = build_limiter(&config.load_full(), &store).await?;
     let state = AppState::new(Parts {
-        config: sluice_config::shared(cfg),
+        limiter,
+        config,
         keys,
         upstream,
         ledger: writer.sender(),

@@ -32,6 +32,12 @@ pub struct Opts {
     pub upstream_extra: String,
     pub upstream_override: Option<String>,
     pub mock: MockOptions,
+    /// Whole top-level tables (`[limits]`, `[org]`, `[[prices]]`) placed before the tenants.
+    pub sections: String,
+    /// Lines added to the `web` tenant.
+    pub web_extra: String,
+    /// Lines added to the `email` tenant.
+    pub email_extra: String,
 }
 
 impl Default for Opts {
@@ -45,6 +51,9 @@ impl Default for Opts {
                 record: true,
                 ..MockOptions::default()
             },
+            sections: String::new(),
+            web_extra: String::new(),
+            email_extra: String::new(),
         }
     }
 }
@@ -76,17 +85,23 @@ path = {db:?}
 ledger_flush_interval_ms = 10
 [auth]
 key_refresh_ms = 50
+{sections}
 [[tenants]]
 name = "web"
+{web_extra}
 [[tenants]]
 name = "email"
 log_bodies = true
+{email_extra}
 [[tenants]]
 name = "legacy"
 enabled = false
 "#,
         extra = opts.extra_config,
         upstream_extra = opts.upstream_extra,
+        sections = opts.sections,
+        web_extra = opts.web_extra,
+        email_extra = opts.email_extra,
         db = db.display().to_string(),
     );
     let cfg = Config::from_toml(&toml).unwrap();
@@ -145,6 +160,8 @@ pub struct Row {
     pub cache_creation_input_tokens: i64,
     pub cache_read_input_tokens: i64,
     pub stop_reason: Option<String>,
+    pub cost_micros: Option<i64>,
+    pub waited_ms: i64,
 }
 
 impl Env {
@@ -176,7 +193,8 @@ impl Env {
             .prepare(
                 "SELECT request_id, tenant, key_id, feature, endpoint, model, model_served, streamed,
                  status, outcome, error_type, input_tokens, output_tokens,
-                 cache_creation_input_tokens, cache_read_input_tokens, stop_reason
+                 cache_creation_input_tokens, cache_read_input_tokens, stop_reason, cost_micros,
+                 waited_ms
                  FROM ledger ORDER BY id",
             )
             .unwrap();
@@ -198,6 +216,8 @@ impl Env {
                 cache_creation_input_tokens: r.get(13)?,
                 cache_read_input_tokens: r.get(14)?,
                 stop_reason: r.get(15)?,
+                cost_micros: r.get(16)?,
+                waited_ms: r.get(17)?,
             })
         })
         .unwrap()
