@@ -429,7 +429,7 @@ impl Permit {
         };
         let inner = &limiter.0;
         let now = limiter.now_us();
-        if usage.total_input() > 0 {
+        if usage.total_input() > 0 && self.raw_input_estimate > 0 {
             inner
                 .correction
                 .observe(&self.model, self.raw_input_estimate, usage.total_input());
@@ -607,6 +607,41 @@ impl Limiter {
         let model: Arc<str> = Arc::from(call.model);
         let now = self.now_us();
 
+        let tp = policy.tenants.get(&**call.tenant);
+        let mut scopes = Vec::with_capacity(3);
+        if let Some(tp) = tp {
+            if let Some(w) = &tp.wide {
+                scopes.push(w.clone());
+            }
+            if let Some(c) = tp.by_class.get(&class) {
+                scopes.push(c.clone());
+            }
+        }
+        let priority = tp.map_or(Priority::Standard, |t| t.priority);
+        if let Some(o) = policy.org.get(&class) {
+            let mut o = o.clone();
+            o.keep_free_ppm = ppm(policy.keep_free.for_priority(priority));
+            scopes.push(o);
+        }
+        let has_budget = tp.is_some_and(|t| t.daily_micros.is_some() || t.monthly_micros.is_some());
+        if scopes.is_empty() && !has_budget {
+            // Nothing limits this call: no estimate is needed (an unlimited tenant's calls cost
+            // the request path nothing here), and there is nothing to settle.
+            self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
+            return Ok(Permit {
+                limiter: None,
+                request: None,
+                via: Via::Local,
+                view: TenantView::default(),
+                model,
+                class,
+                raw_input_estimate: 0,
+                breakpoints: Vec::new(),
+                policy,
+                waited: Duration::ZERO,
+                cache_reads_count: false,
+            });
+        }
         let est = estimate_input(call.body);
         let corrected = self.0.correction.apply(call.model, est.total);
         let cache_reads_count = policy.cache_reads_count.contains(&class);
@@ -636,22 +671,6 @@ impl Limiter {
             .outputs
             .estimate(call.tenant, call.model, call.max_tokens);
 
-        let tp = policy.tenants.get(&**call.tenant);
-        let mut scopes = Vec::with_capacity(3);
-        if let Some(tp) = tp {
-            if let Some(w) = &tp.wide {
-                scopes.push(w.clone());
-            }
-            if let Some(c) = tp.by_class.get(&class) {
-                scopes.push(c.clone());
-            }
-        }
-        let priority = tp.map_or(Priority::Standard, |t| t.priority);
-        if let Some(o) = policy.org.get(&class) {
-            let mut o = o.clone();
-            o.keep_free_ppm = ppm(policy.keep_free.for_priority(priority));
-            scopes.push(o);
-        }
         let budget = tp.and_then(|t| {
             (t.daily_micros.is_some() || t.monthly_micros.is_some()).then(|| {
                 let (day, month) = day_and_month(call.unix_ms);
@@ -685,10 +704,6 @@ impl Limiter {
             waited: Duration::ZERO,
             cache_reads_count,
         };
-        if scopes.is_empty() && budget.is_none() {
-            self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            return Ok(permit);
-        }
         let req = AdmitRequest {
             tenant: call.tenant.clone(),
             scopes,
