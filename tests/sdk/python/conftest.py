@@ -136,6 +136,15 @@ name = "web"
 
 [[tenants]]
 name = "email"
+
+# A tenant with one request per minute, and one with no budget left.
+[[tenants]]
+name = "capped"
+limits = {{ requests_per_minute = 1 }}
+
+[[tenants]]
+name = "broke"
+budget_daily_usd = 0.0
 """
     )
     env = {**os.environ, "ANTHROPIC_API_KEY": UPSTREAM_KEY}
@@ -143,7 +152,7 @@ name = "email"
     env.pop("SLUICE_DB", None)
 
     keys = {}
-    for tenant in ("web", "email"):
+    for tenant in ("web", "email", "capped", "broke"):
         out = subprocess.run(
             [binary, "keys", "create", "--tenant", tenant, "--config", config],
             check=True, capture_output=True, text=True, env=env, timeout=30,

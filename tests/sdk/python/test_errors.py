@@ -154,3 +154,35 @@ def test_delete_batch_in_progress_is_bad_request(client):
         client.messages.batches.delete(created.id)
     client.messages.batches.retrieve(created.id)  # the mock ends a batch on the first fetch
     client.messages.batches.delete(created.id)
+
+
+def test_sluice_rate_limit_is_a_rate_limit_error_naming_the_tenant(sluice):
+    with anthropic.Anthropic(
+        base_url=sluice.gateway_url, api_key=sluice.keys["capped"], max_retries=0
+    ) as c:
+        first = c.messages.with_raw_response.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+        assert first.headers["anthropic-ratelimit-requests-limit"] == "1"
+        assert first.headers["anthropic-ratelimit-requests-remaining"] == "0"
+        with pytest.raises(anthropic.RateLimitError) as e:
+            c.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+    assert e.value.status_code == 429
+    assert e.value.type == "rate_limit_error"
+    assert "tenant 'capped' exhausted its requests per minute (1/min)" in e.value.message
+    assert int(e.value.response.headers["retry-after"]) >= 1
+    assert e.value.response.headers["x-should-retry"] == "true"
+
+
+def test_spent_budget_is_not_retried_by_the_sdk(sluice):
+    before = sluice.gateway_log().count('"tenant":"broke"')
+    # The SDK would retry a 429 twice; x-should-retry: false stops it.
+    with anthropic.Anthropic(
+        base_url=sluice.gateway_url, api_key=sluice.keys["broke"], max_retries=2
+    ) as c:
+        with pytest.raises(anthropic.RateLimitError) as e:
+            c.messages.create(model=MODEL, max_tokens=16, messages=MESSAGES)
+    assert "daily spend budget" in e.value.message
+    assert e.value.response.headers["x-should-retry"] == "false"
+    import time
+
+    time.sleep(0.3)  # the call's log line is written by a background thread
+    assert sluice.gateway_log().count('"tenant":"broke"') - before == 1

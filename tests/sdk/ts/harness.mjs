@@ -91,6 +91,11 @@ name = "web"
 
 [[tenants]]
 name = "email"
+
+# Two requests per minute: Sluice's own 429.
+[[tenants]]
+name = "capped"
+limits = { requests_per_minute = 2 }
 `,
   );
   const env = { ...process.env, ANTHROPIC_API_KEY: UPSTREAM_KEY };
@@ -98,7 +103,7 @@ name = "email"
   delete env.SLUICE_DB;
 
   const keys = {};
-  for (const tenant of ['web', 'email']) {
+  for (const tenant of ['web', 'email', 'capped']) {
     const out = execFileSync(bin, ['keys', 'create', '--tenant', tenant, '--config', config], {
       env,
       encoding: 'utf8',

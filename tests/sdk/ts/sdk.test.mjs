@@ -247,6 +247,25 @@ describe('@anthropic-ai/sdk through sluice', () => {
     );
   });
 
+  test('errors: a Sluice rate limit is RateLimitError naming the tenant, with its headers', async () => {
+    const c = clientFor({ apiKey: sl.keys.capped });
+    const ok = await c.messages
+      .create({ model: MODEL, max_tokens: 16, messages: prompt('cap').messages })
+      .withResponse();
+    assert.equal(ok.response.headers.get('anthropic-ratelimit-requests-limit'), '2');
+    await c.messages.create({ model: MODEL, max_tokens: 16, messages: prompt('cap').messages });
+    await assert.rejects(
+      c.messages.create({ model: MODEL, max_tokens: 16, messages: prompt('cap').messages }),
+      (e) => {
+        assert.ok(e instanceof RateLimitError, String(e));
+        assert.match(e.message, /tenant 'capped' exhausted its requests per minute \(2\/min\)/);
+        assert.equal(e.headers.get('anthropic-ratelimit-requests-remaining'), '0');
+        assert.ok(Number(e.headers.get('retry-after')) >= 1);
+        return true;
+      },
+    );
+  });
+
   test('errors: missing model is BadRequestError', async () => {
     await assert.rejects(
       client.messages.create({ max_tokens: 16, messages: prompt('e').messages }),
