@@ -16,7 +16,7 @@ use crate::estimate::{Correction, OutputEstimator, estimate_input};
 use crate::local::LocalBackend;
 use crate::presets::Presets;
 use crate::pricing::PriceTable;
-use crate::queue::{FairQueue, Place};
+use crate::queue::{FairQueue, Place, Seat};
 use crate::redis::{RedisBackend, Via};
 use crate::{Demand, Dimension};
 use arc_swap::ArcSwap;
@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The policy could not be built from the config.
@@ -720,12 +719,15 @@ impl Limiter {
         let deadline = started + max_wait;
         let can_wait = !max_wait.is_zero();
         let queue = self.queue(&class);
-        let mut place: Option<(Place, Arc<Notify>)> = None;
+        let mut seat: Option<Seat> = None;
         let cost_tokens = input.saturating_add(output);
+        let join = |rejoin: Option<Place>| {
+            Seat::take(&queue, call.tenant, priority, cost_tokens, weight, rejoin)
+        };
 
-        let refuse = |this: &Self, r: Refused, place: &Option<(Place, Arc<Notify>)>| {
-            if let Some((p, _)) = place {
-                queue.leave(p, false);
+        let refuse = |this: &Self, r: Refused, seat: Option<Seat>| {
+            if let Some(s) = seat {
+                s.leave(false);
             }
             let c = match r.reason {
                 RefusalReason::TenantRate => &this.0.stats.refused_tenant,
@@ -738,9 +740,9 @@ impl Limiter {
         };
 
         loop {
-            if let Some((p, n)) = &place {
-                if !queue.is_head(p) {
-                    if tokio::time::timeout_at(deadline, n.notified())
+            if let Some(s) = &seat {
+                if !s.is_head() {
+                    if tokio::time::timeout_at(deadline, s.notified())
                         .await
                         .is_err()
                     {
@@ -756,12 +758,12 @@ impl Limiter {
                             should_retry: true,
                             view,
                         };
-                        return refuse(self, r, &place);
+                        return refuse(self, r, seat);
                     }
                     continue;
                 }
             } else if can_wait && queue.busy_at_or_above(priority) {
-                place = Some(queue.join(call.tenant, priority, cost_tokens, weight, None));
+                seat = Some(join(None));
                 continue;
             }
 
@@ -777,19 +779,20 @@ impl Limiter {
                         should_retry: true,
                         view: TenantView::default(),
                     };
-                    return refuse(self, r, &place);
+                    return refuse(self, r, seat);
                 }
             };
             let view = TenantView::from_outcome(&req, &outcome.views);
             match outcome.result {
                 Ok(()) => {
-                    if let Some((p, _)) = &place {
-                        queue.leave(p, true);
+                    let queued = seat.is_some();
+                    if let Some(s) = seat.take() {
+                        s.leave(true);
                     }
                     let waited = started.elapsed();
                     let st = &self.0.stats;
                     st.admitted.fetch_add(1, Ordering::Relaxed);
-                    if !waited.is_zero() && place.is_some() {
+                    if !waited.is_zero() && queued {
                         st.admitted_after_wait.fetch_add(1, Ordering::Relaxed);
                     }
                     st.wait_us_total.fetch_add(
@@ -804,7 +807,7 @@ impl Limiter {
                 }
                 Err(d @ (Denial::Budget { .. } | Denial::NeverFits { .. })) => {
                     let r = describe(&req, d, view, call.unix_ms);
-                    return refuse(self, r, &place);
+                    return refuse(self, r, seat);
                 }
                 Err(
                     d @ Denial::Wait {
@@ -816,39 +819,25 @@ impl Limiter {
                     let wait = Duration::from_micros(retry_after_us);
                     if !can_wait || Instant::now() + wait > deadline {
                         let r = describe(&req, d, view, call.unix_ms);
-                        return refuse(self, r, &place);
+                        return refuse(self, r, seat);
                     }
                     let is_org = req
                         .scopes
                         .get(scope)
                         .is_some_and(|s| s.kind == ScopeKind::Org);
                     if is_org {
-                        if place.is_none() {
-                            place =
-                                Some(queue.join(call.tenant, priority, cost_tokens, weight, None));
-                        }
-                        if let Some((p, n)) = &place
-                            && queue.is_head(p)
-                        {
+                        let s = seat.get_or_insert_with(|| join(None));
+                        if s.is_head() {
                             // Sleep until the pool has room for us, or until a refund pokes us.
-                            let _ = tokio::time::timeout(wait, n.notified()).await;
+                            let _ = tokio::time::timeout(wait, s.notified()).await;
                         }
                     } else {
                         // Our own tenant's bucket is short: step aside so the rest of the
                         // class is not held up, and come back to the same place.
-                        let old = place.take().map(|(p, _)| {
-                            queue.leave(&p, false);
-                            p
-                        });
+                        let old = seat.take().map(|s| s.leave(false));
                         tokio::time::sleep(wait).await;
                         if let Some(p) = old {
-                            place = Some(queue.join(
-                                call.tenant,
-                                priority,
-                                cost_tokens,
-                                weight,
-                                Some(p),
-                            ));
+                            seat = Some(join(Some(p)));
                         }
                     }
                 }

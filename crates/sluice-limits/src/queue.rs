@@ -145,6 +145,62 @@ impl FairQueue {
     }
 }
 
+/// A place held in a queue. Leaving is tied to this value: when the waiting call goes away
+/// (its client disconnected and the handler's future was dropped), the seat is given up on
+/// drop, so a vanished waiter can never sit at the head and stall everyone behind it.
+pub struct Seat {
+    queue: Arc<FairQueue>,
+    place: Place,
+    notify: Arc<Notify>,
+    left: bool,
+}
+
+impl Seat {
+    /// Join `queue` (see [`FairQueue::join`]).
+    pub fn take(
+        queue: &Arc<FairQueue>,
+        tenant: &Arc<str>,
+        priority: Priority,
+        cost: u64,
+        weight: u32,
+        rejoin: Option<Place>,
+    ) -> Seat {
+        let (place, notify) = queue.join(tenant, priority, cost, weight, rejoin);
+        Seat {
+            queue: queue.clone(),
+            place,
+            notify,
+            left: false,
+        }
+    }
+
+    /// Whether this seat is at the head of its queue.
+    pub fn is_head(&self) -> bool {
+        self.queue.is_head(&self.place)
+    }
+
+    /// Resolves when this seat may have become the head, or room may have appeared.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+
+    /// Leave the queue (`served`: admitted, so virtual time advances). Returns the place, so
+    /// a call that steps aside can come back to it.
+    pub fn leave(mut self, served: bool) -> Place {
+        self.left = true;
+        self.queue.leave(&self.place, served);
+        self.place
+    }
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if !self.left {
+            self.queue.leave(&self.place, false);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -205,6 +261,19 @@ mod tests {
         q.leave(&p1, true);
         assert!(q.is_head(&p2));
         q.leave(&p2, true);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_dropped_seat_gives_up_its_place() {
+        let q = Arc::new(FairQueue::default());
+        let a = t("a");
+        let first = Seat::take(&q, &a, Priority::Standard, 1, 1, None);
+        let second = Seat::take(&q, &a, Priority::Standard, 1, 1, None);
+        assert!(first.is_head() && !second.is_head());
+        drop(first); // its caller went away
+        assert!(second.is_head());
+        let _ = second.leave(true);
         assert!(q.is_empty());
     }
 }

@@ -316,3 +316,26 @@ async fn a_recently_cached_prefix_is_not_reserved_again_even_as_the_conversation
     let p = acquire(chat(1)).await;
     assert_eq!(p.reserved().input_tokens, total);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_client_went_away_does_not_stall_the_queue() {
+    // The pool holds one call and refills one per second; callers may wait a minute.
+    let e = estimate();
+    let (l, cfg) = limiter(&format!(
+        "[[limits.classes]]\nname = \"m\"\nmodels = [\"m-*\"]\n[org.classes.m]\ninput_tokens_per_minute = {}\ninput_tokens_burst = {e}\n[[tenants]]\nname = \"t\"\nmax_wait_ms = 60000\n",
+        60 * e
+    ));
+    let t: Arc<str> = Arc::from("t");
+    call(&l, &cfg, &t).await.unwrap();
+    let spawn = |l: Limiter, cfg: Arc<Config>, t: Arc<str>| {
+        tokio::spawn(async move { call(&l, &cfg, &t).await })
+    };
+    let head = spawn(l.clone(), cfg.clone(), t.clone());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let behind = spawn(l.clone(), cfg.clone(), t.clone());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The head's client disconnects: its future is dropped mid-wait.
+    head.abort();
+    let waited = behind.await.unwrap().unwrap();
+    assert!(waited <= Duration::from_millis(1100), "{waited:?}");
+}
