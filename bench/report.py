@@ -8,14 +8,18 @@ import json
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "sluice", "sluice_warn"]
+TARGETS = ["direct", "nginx", "sluice", "sluice_warn", "sluice_limits", "sluice_redis"]
+LIMIT_TARGETS = ["sluice_limits", "sluice_redis"]
 NAMES = {
     "direct": "direct (mock)",
     "nginx": "nginx → mock",
     "sluice": "Sluice → mock",
     "sluice_warn": "Sluice, RUST_LOG=warn",
+    "sluice_limits": "Sluice + limits, in-process",
+    "sluice_redis": "Sluice + limits, Redis",
 }
 THROUGHPUT_TARGET = 0.8  # Sluice req/s >= 0.8 x nginx
+LOCAL_LIMITS_TARGET = 0.95  # in-process limits cost < 5% of the no-limits throughput
 LATENCY_TARGET = 1.2  # Sluice added p50 <= 1.2 x nginx added p50
 RSS_TARGET_MB = 50  # with 1,000 open streams
 
@@ -35,11 +39,39 @@ def fmt_ms(us):
     return f"{ms(us):.2f}"
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def redis_rtt(path):
+    """(p50 ms, mean ms) of PING_MBULK from a redis-benchmark --csv file, or None."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            f = [x.strip('"') for x in line.split('","')]
+            if f[0].strip('"') == "PING_MBULK":
+                return float(f[4]), float(f[2])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def main():
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest")
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines() if l.strip()]
-    by = {(r["mode"], r["conns"], r["target"]): r["wrk"] for r in rows}
-    cpu = {(r["mode"], r["conns"], r["target"]): r.get("cpu_s") for r in rows}
+    # Where a target ran several rounds (bench/run's BENCH_LIMIT_ROUNDS), the tables below
+    # use the round with the median req/s; "Cost of limits" uses every round.
+    runs = {}
+    for r in rows:
+        runs.setdefault((r["mode"], r["conns"], r["target"]), []).append(r)
+    rep_row = {}
+    for k, rs in runs.items():
+        rs.sort(key=lambda r: r.get("round", 1))
+        by_rps = sorted(rs, key=lambda r: r["wrk"]["rps"])
+        rep_row[k] = by_rps[(len(by_rps) - 1) // 2]
+    by = {k: r["wrk"] for k, r in rep_row.items()}
+    cpu = {k: r.get("cpu_s") for k, r in rep_row.items()}
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     conns = sorted({r["conns"] for r in rows})  # per mode, missing cells are skipped
     targets = [t for t in TARGETS if any(r["target"] == t for r in rows)]
@@ -55,6 +87,9 @@ def main():
     p("### Results (wrk, closed loop; latency = full reply, streams included)\n")
     p("Proxy CPU = user+system CPU time of the proxy process (nginx: master and workers) "
       "during the run, as a share of one core and per request.\n")
+    if any(len(rs) > 1 for rs in runs.values()):
+        p("Where a target ran several interleaved rounds, this table shows the round with the "
+          "median req/s (every round is in \"Cost of limits\" below).\n")
     p("| reply | conns | target | req/s | p50 ms | p99 ms | non-2xx | socket errors | "
       "proxy CPU | proxy CPU µs/req |")
     p("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -76,7 +111,8 @@ def main():
     p("")
 
     # Small negative values are accounting noise (interrupt time is charged differently).
-    others = [max(0.0, (cpu.get(k) or {}).get("other") or 0) / by[k]["duration_s"] for k in by]
+    others = [max(0.0, (r.get("cpu_s") or {}).get("other") or 0) / r["wrk"]["duration_s"]
+              for r in rows]
     if others:
         worst = max(others)
         p(f"Other load on the machine during the timed runs (CPU not used by the proxy, the mock "
@@ -99,7 +135,7 @@ def main():
     verdicts = []
     for m in modes:
         for c in conns:
-            d, n, s, sw = (by.get((m, c, t)) for t in TARGETS)
+            d, n, s, sw = (by.get((m, c, t)) for t in ["direct", "nginx", "sluice", "sluice_warn"])
             if not (d and n and s):
                 continue
             nd = n["rps"] / d["rps"]
@@ -124,6 +160,8 @@ def main():
             p(f"| {m} | {c} | {nd:.2f}× | **{sn:.2f}×** {'✅' if ok_t else '❌'} | {n_add:.2f} | "
               f"{s_add:.2f} | {lat} | {cpu_ratio} | {sw_rps} | {sw_add} |")
     p("")
+
+    limits_verdict = cost_of_limits(out, modes, conns, runs)
 
     # ---- syscalls (BENCH_SYSCALLS=1)
     sc_rows = []
@@ -193,7 +231,7 @@ def main():
 
     # ---- ledger and log
     vol = load(out / "sluice-log-volume.json")
-    total = sum(by[k]["requests"] for k in by if k[2] == "sluice")
+    total = sum(r["wrk"]["requests"] for r in rows if r["target"] == "sluice")
     led = load(out / "ledger-sluice.json")
     if led or vol:
         p("### Bookkeeping\n")
@@ -219,6 +257,153 @@ def main():
         if st:
             p(f"- < {RSS_TARGET_MB} MB with {st['streams']} open streams: "
               + ("met." if st["rss_kb_max_sampled"] / 1024 < RSS_TARGET_MB else "missed."))
+    for line in limits_verdict:
+        p(line)
+
+
+def cost_of_limits(out, modes, conns, runs):
+    """The "Cost of limits" section: every limits target against the no-limits gateway of the
+    same round (adjacent in time). Returns the verdict lines for the end of the summary."""
+    p = print
+    cells = [(m, c) for m in modes for c in conns
+             if any((m, c, t) in runs for t in LIMIT_TARGETS) and (m, c, "sluice") in runs]
+    if not cells:
+        return []
+    rtt_before = redis_rtt(out / "redis-rtt-before.csv")
+    rtt_after = redis_rtt(out / "redis-rtt-after.csv")
+
+    def per_round(m, c, t):
+        return {r.get("round", 1): r for r in runs.get((m, c, t), [])}
+
+    def cpu_per_req(r, with_redis=False):
+        cs = r.get("cpu_s") or {}
+        n = r["wrk"]["requests"]
+        if cs.get("proxy") is None or not n:
+            return None
+        v = cs["proxy"] + ((cs.get("redis") or 0) if with_redis else 0)
+        return 1e6 * v / n
+
+    p("### Cost of limits\n")
+    p("The same gateway, log level info, with its tenant limited in all three dimensions, a daily "
+      "budget and the org pool of the request's model class configured, all sized never to "
+      "refuse (every reply 200; bench/run stops otherwise). *In-process*: `[limits] backend = "
+      "\"local\"`; *Redis*: `backend = \"redis\"` (`fail_mode = \"closed\"`, so a Redis failure "
+      "would show as non-2xx, never as a silent fallback). Each limits run is compared with the "
+      "no-limits run of the same round (the three run back to back, order rotating per round); "
+      "ratios and differences are the median over rounds, with the range in brackets.\n")
+    p("| reply | conns | target | rounds | req/s | ÷ no limits req/s | p50 ms | added p50 µs | "
+      "p99 ms | added p99 µs | added mean µs | proxy CPU µs/req | added CPU µs/req |")
+    p("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    added = {}
+    verdict = []
+    for m, c in cells:
+        base = per_round(m, c, "sluice")
+        for t in ["sluice"] + LIMIT_TARGETS:
+            cur = per_round(m, c, t)
+            if not cur:
+                continue
+            rounds = sorted(cur)
+            rps = median([cur[k]["wrk"]["rps"] for k in rounds])
+            p50 = median([cur[k]["wrk"]["p50_us"] for k in rounds])
+            p99 = median([cur[k]["wrk"]["p99_us"] for k in rounds])
+            cpus = [x for x in (cpu_per_req(cur[k]) for k in rounds) if x is not None]
+            cpu_s = f"{median(cpus):.0f}" if cpus else "–"
+            if t == "sluice":
+                p(f"| {m} | {c} | {NAMES[t]} (no limits) | {len(rounds)} | {rps:,.0f} | 1 | "
+                  f"{p50 / 1000:.2f} | – | {p99 / 1000:.2f} | – | – | {cpu_s} | – |")
+                continue
+            pairs = [(cur[k], base[k]) for k in rounds if k in base]
+            if not pairs:
+                continue
+
+            def med_rng(f, fmt):
+                xs = [f(a, b) for a, b in pairs]
+                rng = f" [{fmt(min(xs))}, {fmt(max(xs))}]" if len(xs) > 1 else ""
+                return median(xs), f"{fmt(median(xs))}{rng}"
+
+            ratio, ratio_s = med_rng(lambda a, b: a["wrk"]["rps"] / b["wrk"]["rps"],
+                                     lambda x: f"{x:.3f}×")
+            d50, d50_s = med_rng(lambda a, b: a["wrk"]["p50_us"] - b["wrk"]["p50_us"],
+                                 lambda x: f"{x:+.0f}")
+            _, d99_s = med_rng(lambda a, b: a["wrk"]["p99_us"] - b["wrk"]["p99_us"],
+                               lambda x: f"{x:+.0f}")
+            dmean, dmean_s = med_rng(lambda a, b: a["wrk"]["mean_us"] - b["wrk"]["mean_us"],
+                                     lambda x: f"{x:+.0f}")
+            dcpu = [cpu_per_req(a) - cpu_per_req(b) for a, b in pairs
+                    if cpu_per_req(a) is not None and cpu_per_req(b) is not None]
+            dcpu_s = f"{median(dcpu):+.0f}" if dcpu else "–"
+            mark = ""
+            if t == "sluice_limits":
+                ok = ratio >= LOCAL_LIMITS_TARGET
+                mark = " ✅" if ok else " ❌"
+                verdict.append((m, c, ratio, ok))
+            added[(m, c, t)] = (d50, dmean, pairs)
+            p(f"| {m} | {c} | {NAMES[t]} | {len(pairs)} | {rps:,.0f} | **{ratio_s}**{mark} | "
+              f"{p50 / 1000:.2f} | {d50_s} | {p99 / 1000:.2f} | {d99_s} | {dmean_s} | {cpu_s} | "
+              f"{dcpu_s} |")
+    p("")
+    p("Added = the limits run minus the no-limits run of the same round (wrk's percentiles are "
+      "whole µs). At c > 1 the closed loop makes latency ≈ concurrency ÷ throughput, so the "
+      "added latency there restates the throughput cost; c=1 is the clean per-call cost.\n")
+
+    # ---- Redis: round trips and work per call
+    red = [(m, c) for m, c in cells if (m, c, "sluice_redis") in runs]
+    if red:
+        p("**Redis per call** (Redis's own INFO counters, read before and after each run, divided "
+          "by the run's calls; Redis is shared, so the last column shows its background traffic "
+          "during the other targets' runs of the same cell):\n")
+        p("| reply | conns | req/s | EVALSHA/call | commands/call (incl. inside scripts) | "
+          "socket reads/call (≈ round trips) | script time µs/call | Redis CPU µs/call | "
+          "gateway + Redis CPU µs/call | background socket reads/s |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for m, c in red:
+            rs = [r for r in runs[(m, c, "sluice_redis")] if r.get("redis")]
+            if not rs:
+                continue
+            n = sum(r["wrk"]["requests"] for r in rs)
+            tot = {k: sum(r["redis"][k] for r in rs) for k in ("reads", "commands", "evalsha", "evalsha_usec")}
+            rcpu = [r["cpu_s"].get("redis") for r in rs if (r.get("cpu_s") or {}).get("redis") is not None]
+            rcpu_s = f"{1e6 * sum(rcpu) / n:.0f}" if rcpu and len(rcpu) == len(rs) else "–"
+            both = [cpu_per_req(r, with_redis=True) for r in rs]
+            both_s = f"{median(both):.0f}" if all(x is not None for x in both) and rcpu else "–"
+            bg = [r for t in TARGETS if t != "sluice_redis" for r in runs.get((m, c, t), [])
+                  if r.get("redis")]
+            bg_s = (f"{sum(r['redis']['reads'] for r in bg) / sum(r['wrk']['duration_s'] for r in bg):,.0f}"
+                    if bg else "–")
+            p(f"| {m} | {c} | {median([r['wrk']['rps'] for r in rs]):,.0f} | "
+              f"{tot['evalsha'] / n:.2f} | {tot['commands'] / n:.1f} | {tot['reads'] / n:.2f} | "
+              f"{tot['evalsha_usec'] / n:.0f} | {rcpu_s} | {both_s} | {bg_s} |")
+        p("")
+        if rtt_before:
+            p(f"Bare Redis round trip (`redis-benchmark -t ping -c 1 -n 20000`, from wrk's core): "
+              f"p50 {rtt_before[0] * 1000:.0f} µs, mean {rtt_before[1] * 1000:.0f} µs before the "
+              f"load" + (f"; p50 {rtt_after[0] * 1000:.0f} µs, mean {rtt_after[1] * 1000:.0f} µs "
+                         f"after it" if rtt_after else "") + ".\n")
+        for m, c in red:
+            a_red = added.get((m, c, "sluice_redis"))
+            a_loc = added.get((m, c, "sluice_limits"))
+            if c != 1 or not a_red:
+                continue
+            if a_loc:
+                d50 = a_red[0] - a_loc[0]
+                dmean = a_red[1] - a_loc[1]
+                what = "Redis limits over in-process limits"
+            else:
+                d50, dmean, what = a_red[0], a_red[1], "Redis limits over no limits"
+            line = f"At c=1 ({m}), {what} add {d50:.0f} µs at the median ({dmean:.0f} µs mean) per call"
+            if rtt_before:
+                line += (f": {d50 / (rtt_before[0] * 1000):.1f}× a bare Redis round trip "
+                         f"({rtt_before[0] * 1000:.0f} µs p50), "
+                         f"{dmean / (rtt_before[1] * 1000):.1f}× by the means")
+            p(line + ".\n")
+
+    lines = []
+    if verdict:
+        bad = [f"{m} c={c} ({r:.3f}×)" for m, c, r, ok in verdict if not ok]
+        lines.append(f"- In-process limits cost < {100 * (1 - LOCAL_LIMITS_TARGET):.0f}% throughput: "
+                     + ("met at " + ", ".join(f"{m} c={c} ({r:.3f}×)" for m, c, r, _ in verdict) + "."
+                        if not bad else "missed at " + ", ".join(bad) + "."))
+    return lines
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ pub struct Policy {
     cache_ttl_us: u64,
     /// Classes whose upstream limits count cache reads as input (older models).
     cache_reads_count: Vec<Arc<str>>,
+    /// When each org pool last took the upstream's word (µs on the limiter's clock).
+    observed: HashMap<Arc<str>, AtomicU64>,
 }
 
 impl Policy {
@@ -130,7 +132,7 @@ impl Policy {
             let merged = org_sets.get(&c).copied().unwrap_or_default().overlay(set);
             org_sets.insert(c, merged);
         }
-        let org = org_sets
+        let org: HashMap<Arc<str>, Scope> = org_sets
             .into_iter()
             .filter(|(_, s)| !s.is_empty())
             .map(|(c, s)| {
@@ -188,7 +190,12 @@ impl Policy {
         let prices = PriceTable::builtin()
             .with_overrides(&cfg.prices)
             .map_err(|e| LimitsError::Invalid(e.to_string()))?;
+        let observed = org
+            .keys()
+            .map(|c: &Arc<str>| (c.clone(), AtomicU64::new(0)))
+            .collect();
         Ok(Policy {
+            observed,
             classes,
             class_names,
             other,
@@ -261,6 +268,9 @@ struct Inner {
 /// Most prefixes remembered; past this, expired ones are swept (and if none has expired, the
 /// map is cleared: a missed cache-read prediction only makes one estimate conservative).
 const PREFIX_CAP: usize = 100_000;
+
+/// How often an org pool takes the upstream's `*-remaining` headers into account.
+pub const OBSERVE_EVERY_US: u64 = 100_000;
 
 /// Prefixes shorter than this are never cached upstream (the smallest published minimum is
 /// 1024 tokens; some models need more, where a prediction errs towards reserving).
@@ -571,17 +581,37 @@ impl Limiter {
         }
     }
 
-    /// The upstream reported `remaining` in dimension `d` of the org pool of `model`'s class:
-    /// never believe there is more room than that.
-    pub fn observe_upstream(&self, cfg: &Arc<Config>, model: &str, d: Dimension, remaining: u64) {
+    /// The upstream reported what remains of the org pool of `model`'s class (per dimension):
+    /// never believe there is more room than that. Sampled: at most one observation per class
+    /// per [`OBSERVE_EVERY_US`], because every reply carries these headers and the pool only
+    /// needs correcting when it drifts, not a write to the backend per call.
+    pub fn observe_upstream(
+        &self,
+        cfg: &Arc<Config>,
+        model: &str,
+        remaining: impl IntoIterator<Item = (Dimension, u64)>,
+    ) {
         let policy = self.policy(cfg);
         let class = policy.class_of(model);
-        let Some(scope) = policy.org.get(class) else {
+        let (Some(scope), Some(last)) = (policy.org.get(class), policy.observed.get(class)) else {
             return;
         };
-        match &self.0.backend {
-            Backend::Local(b) => b.observe(scope, d, remaining, self.now_us()),
-            Backend::Redis(b) => b.observe(scope, d, remaining),
+        let now = self.now_us();
+        let prev = last.load(Ordering::Relaxed);
+        if prev != 0 && now.saturating_sub(prev) < OBSERVE_EVERY_US {
+            return;
+        }
+        if last
+            .compare_exchange(prev, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another call is observing this class right now
+        }
+        for (d, r) in remaining {
+            match &self.0.backend {
+                Backend::Local(b) => b.observe(scope, d, r, now),
+                Backend::Redis(b) => b.observe(scope, d, r),
+            }
         }
     }
 

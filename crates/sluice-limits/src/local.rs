@@ -9,7 +9,7 @@ use crate::backend::{AdmitRequest, Denial, Outcome, Period, ScopeKind, ScopeView
 use crate::{Buckets, Dimension, admit_keeping, settle};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 const SHARDS: usize = 16;
 
@@ -42,7 +42,7 @@ impl Spend {
 #[derive(Default)]
 struct Shard {
     buckets: HashMap<Box<str>, Buckets>,
-    spend: HashMap<Box<str>, Spend>,
+    spend: HashMap<Arc<str>, Spend>,
 }
 
 /// The in-process limiter state.
@@ -76,51 +76,68 @@ impl LocalBackend {
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    /// Lock every shard `keys` live in, in index order. Returns the guards and, per key, the
-    /// position of its guard.
-    fn lock_all<'a>(&'a self, keys: &[&str]) -> (Vec<MutexGuard<'a, Shard>>, Vec<usize>) {
-        let idx: Vec<usize> = keys.iter().map(|k| self.shard_of(k)).collect();
-        let mut order = idx.clone();
-        order.sort_unstable();
-        order.dedup();
-        let guards = order.iter().map(|&i| lock(&self.shards[i])).collect();
-        let pos = idx
-            .iter()
-            .map(|i| order.iter().position(|o| o == i).unwrap_or(0))
-            .collect();
+    /// Lock the shards of every scope and of the tenant's spend, in index order (so two
+    /// admissions can never deadlock). Returns the guards and, per scope (then the spend), the
+    /// position of its guard. No allocation but the guards' vector: this is the hot path.
+    fn lock_all<'a>(
+        &'a self,
+        req: &AdmitRequest,
+    ) -> (Vec<MutexGuard<'a, Shard>>, [usize; MAX_KEYS]) {
+        let n = (req.scopes.len() + 1).min(MAX_KEYS);
+        let mut idx = [0usize; MAX_KEYS];
+        for (slot, s) in idx.iter_mut().zip(&req.scopes) {
+            *slot = self.shard_of(&s.key);
+        }
+        idx[n - 1] = self.shard_of(&req.tenant);
+        let mut order = idx;
+        order[..n].sort_unstable();
+        let mut distinct = 0;
+        for i in 0..n {
+            if i == 0 || order[i] != order[i - 1] {
+                order[distinct] = order[i];
+                distinct += 1;
+            }
+        }
+        let mut guards = Vec::with_capacity(distinct);
+        for &i in &order[..distinct] {
+            guards.push(lock(&self.shards[i]));
+        }
+        let mut pos = [0usize; MAX_KEYS];
+        for (p, i) in pos.iter_mut().zip(&idx[..n]) {
+            *p = order[..distinct].iter().position(|o| o == i).unwrap_or(0);
+        }
         (guards, pos)
     }
 
     /// Admit (or refuse) `req` at `now_us` (microseconds on the caller's monotonic clock).
     pub fn admit(&self, req: &AdmitRequest, now_us: u64) -> Outcome {
-        let mut keys: Vec<&str> = req.scopes.iter().map(|s| &*s.key).collect();
-        let spend_key = crate::backend::Scope::tenant_key(&req.tenant);
-        keys.push(&spend_key);
-        let (mut guards, pos) = self.lock_all(&keys);
+        let nscopes = req.scopes.len().min(MAX_KEYS - 1);
+        let scopes = &req.scopes[..nscopes];
+        let (mut guards, pos) = self.lock_all(req);
 
-        // Take each scope's buckets out of its shard for the duration (cheap moves), so the
-        // kernel can see them all at once; they go back below whatever happens.
-        let mut taken: Vec<Buckets> = req
-            .scopes
+        // Take each scope's buckets (and key) out of its shard for the duration, so the kernel
+        // can see them all at once; they go back below whatever happens, under the same key
+        // allocation.
+        let mut taken: Vec<(Option<Box<str>>, Buckets)> = scopes
             .iter()
             .zip(&pos)
             .map(|(s, &p)| {
-                let mut b = guards[p]
-                    .buckets
-                    .remove(&*s.key)
-                    .unwrap_or_else(|| s.rates.full_buckets(now_us));
+                let (key, mut b) = match guards[p].buckets.remove_entry(&*s.key) {
+                    Some((k, b)) => (Some(k), b),
+                    None => (None, s.rates.full_buckets(now_us)),
+                };
                 s.rates.apply_to(&mut b, now_us);
-                b
+                (key, b)
             })
             .collect();
-        let keep: Vec<u32> = req.scopes.iter().map(|s| s.keep_free_ppm).collect();
+        let mut keep = [0u32; MAX_KEYS];
+        for (k, s) in keep.iter_mut().zip(scopes) {
+            *k = s.keep_free_ppm;
+        }
 
-        let spend_pos = pos[req.scopes.len()];
+        let spend_pos = pos[nscopes];
         let budget_denial = req.budget.and_then(|b| {
-            let sp = guards[spend_pos]
-                .spend
-                .entry(Box::from(&*req.tenant))
-                .or_default();
+            let sp = spend_entry(&mut guards[spend_pos], &req.tenant);
             sp.roll(b.day, b.month);
             budget_denial(sp, &b)
         });
@@ -128,29 +145,28 @@ impl LocalBackend {
         let result = match budget_denial {
             Some(d) => {
                 // Refill so the views are current, without debiting.
-                for b in &mut taken {
+                for (_, b) in &mut taken {
                     refill_all(b, now_us);
                 }
                 Err(d)
             }
             None => {
-                let mut refs: Vec<&mut Buckets> = taken.iter_mut().collect();
-                admit_keeping(&mut refs, &keep, &req.demand, now_us).map_err(Denial::from)
+                let mut refs: Vec<&mut Buckets> = taken.iter_mut().map(|(_, b)| b).collect();
+                admit_keeping(&mut refs, &keep[..nscopes], &req.demand, now_us)
+                    .map_err(Denial::from)
             }
         };
         if result.is_ok()
             && let Some(b) = req.budget
         {
-            let sp = guards[spend_pos]
-                .spend
-                .entry(Box::from(&*req.tenant))
-                .or_default();
+            let sp = spend_entry(&mut guards[spend_pos], &req.tenant);
             sp.day_micros = sp.day_micros.saturating_add(b.cost_micros);
             sp.month_micros = sp.month_micros.saturating_add(b.cost_micros);
         }
-        let views = taken.iter().map(ScopeView::of).collect();
-        for ((s, &p), b) in req.scopes.iter().zip(&pos).zip(taken) {
-            guards[p].buckets.insert(Box::from(&*s.key), b);
+        let views = taken.iter().map(|(_, b)| ScopeView::of(b)).collect();
+        for ((s, &p), (key, b)) in scopes.iter().zip(&pos).zip(taken) {
+            let key = key.unwrap_or_else(|| Box::from(&*s.key));
+            guards[p].buckets.insert(key, b);
         }
         Outcome { result, views }
     }
@@ -158,17 +174,15 @@ impl LocalBackend {
     /// Correct an admitted call's reservation to the truth.
     pub fn settle(&self, s: &Settlement, now_us: u64) {
         let req = &s.request;
-        let mut keys: Vec<&str> = req.scopes.iter().map(|s| &*s.key).collect();
-        let spend_key = crate::backend::Scope::tenant_key(&req.tenant);
-        keys.push(&spend_key);
-        let (mut guards, pos) = self.lock_all(&keys);
-        for (scope, &p) in req.scopes.iter().zip(&pos) {
+        let nscopes = req.scopes.len().min(MAX_KEYS - 1);
+        let (mut guards, pos) = self.lock_all(req);
+        for (scope, &p) in req.scopes[..nscopes].iter().zip(&pos) {
             if let Some(b) = guards[p].buckets.get_mut(&*scope.key) {
                 settle(&mut [b], &req.demand, &s.actual, now_us);
             }
         }
         if let Some(b) = req.budget
-            && let Some(sp) = guards[pos[req.scopes.len()]].spend.get_mut(&*req.tenant)
+            && let Some(sp) = guards[pos[nscopes]].spend.get_mut(&*req.tenant)
         {
             // Only the period the reservation was made in is corrected: a call that straddles
             // midnight is charged to the day it was admitted in.
@@ -188,9 +202,8 @@ impl LocalBackend {
 
     /// Seed a tenant's spend (from the ledger, at startup). Adds to what is there.
     pub fn add_spend(&self, tenant: &str, period: Period, at: u32, micros: u64) {
-        let key = crate::backend::Scope::tenant_key(tenant);
-        let mut g = lock(&self.shards[self.shard_of(&key)]);
-        let sp = g.spend.entry(Box::from(tenant)).or_default();
+        let mut g = lock(&self.shards[self.shard_of(tenant)]);
+        let sp = spend_entry(&mut g, &Arc::from(tenant));
         match period {
             Period::Day => {
                 if sp.day != at {
@@ -211,8 +224,7 @@ impl LocalBackend {
 
     /// A tenant's spend as the limiter sees it.
     pub fn spend(&self, tenant: &str) -> Spend {
-        let key = crate::backend::Scope::tenant_key(tenant);
-        let g = lock(&self.shards[self.shard_of(&key)]);
+        let g = lock(&self.shards[self.shard_of(tenant)]);
         g.spend.get(tenant).copied().unwrap_or_default()
     }
 
@@ -229,10 +241,13 @@ impl LocalBackend {
             return;
         }
         let mut g = lock(&self.shards[self.shard_of(&scope.key)]);
-        let b = g
-            .buckets
-            .entry(Box::from(&*scope.key))
-            .or_insert_with(|| scope.rates.full_buckets(now_us));
+        if !g.buckets.contains_key(&*scope.key) {
+            g.buckets
+                .insert(Box::from(&*scope.key), scope.rates.full_buckets(now_us));
+        }
+        let Some(b) = g.buckets.get_mut(&*scope.key) else {
+            return;
+        };
         scope.rates.apply_to(b, now_us);
         if let Some(bucket) = b.get_mut_dim(d) {
             bucket.refill(now_us);
@@ -252,6 +267,14 @@ impl LocalBackend {
             None => ScopeView::of(&scope.rates.full_buckets(now_us)),
         }
     }
+}
+
+/// Most scopes of one admission (tenant, tenant-class, org) plus the tenant's spend.
+const MAX_KEYS: usize = 4;
+
+/// A tenant's spend entry (the key is the request's shared tenant name: no allocation).
+fn spend_entry<'a>(shard: &'a mut Shard, tenant: &Arc<str>) -> &'a mut Spend {
+    shard.spend.entry(tenant.clone()).or_default()
 }
 
 fn refill_all(b: &mut Buckets, now_us: u64) {

@@ -315,10 +315,11 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         call.rec.set_permit(permit);
     }
     let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
-    for (d, remaining) in headers::upstream_remaining(resp.headers()) {
-        s.limiter()
-            .observe_upstream(&call.cfg, &info.model, d, remaining);
-    }
+    s.limiter().observe_upstream(
+        &call.cfg,
+        &info.model,
+        headers::upstream_remaining(resp.headers()),
+    );
     let status = resp.status();
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
