@@ -585,11 +585,11 @@ impl Limiter {
     /// never believe there is more room than that. Sampled: at most one observation per class
     /// per [`OBSERVE_EVERY_US`], because every reply carries these headers and the pool only
     /// needs correcting when it drifts, not a write to the backend per call.
-    pub fn observe_upstream(
+    pub fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
         &self,
         cfg: &Arc<Config>,
         model: &str,
-        remaining: impl IntoIterator<Item = (Dimension, u64)>,
+        remaining: impl FnOnce() -> I,
     ) {
         let policy = self.policy(cfg);
         let class = policy.class_of(model);
@@ -607,7 +607,7 @@ impl Limiter {
         {
             return; // another call is observing this class right now
         }
-        for (d, r) in remaining {
+        for (d, r) in remaining() {
             match &self.0.backend {
                 Backend::Local(b) => b.observe(scope, d, r, now),
                 Backend::Redis(b) => b.observe(scope, d, r),

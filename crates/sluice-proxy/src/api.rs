@@ -315,11 +315,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         call.rec.set_permit(permit);
     }
     let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
-    s.limiter().observe_upstream(
-        &call.cfg,
-        &info.model,
-        headers::upstream_remaining(resp.headers()),
-    );
+    s.limiter().observe_upstream(&call.cfg, &info.model, || {
+        headers::upstream_remaining(resp.headers())
+    });
     let status = resp.status();
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
