@@ -339,3 +339,34 @@ async fn a_waiter_whose_client_went_away_does_not_stall_the_queue() {
     let waited = behind.await.unwrap().unwrap();
     assert!(waited <= Duration::from_millis(1100), "{waited:?}");
 }
+
+/// The per-call cost of acquire + settle on the benchmark's request (run in release:
+/// `cargo test --release -p sluice-limits --test limiter per_call_cost -- --ignored --nocapture`).
+#[tokio::test]
+#[ignore]
+async fn per_call_cost() {
+    let body = br#"{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":"Hello, how are you today?"}]}"#;
+    let (l, cfg) = limiter(
+        "[org.classes.sonnet-4]\nrequests_per_minute = 1000000000\ninput_tokens_per_minute = 1000000000\noutput_tokens_per_minute = 1000000000\n[[tenants]]\nname = \"t\"\nbudget_daily_usd = 1e9\nlimits = { requests_per_minute = 1000000000, input_tokens_per_minute = 1000000000, output_tokens_per_minute = 1000000000 }\n",
+    );
+    let t: Arc<str> = Arc::from("t");
+    let n = 200_000;
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        let info = CallInfo {
+            tenant: &t,
+            model: "claude-sonnet-4-5",
+            max_tokens: 256,
+            body,
+            unix_ms: 1_700_000_000_000,
+        };
+        let p = l.acquire(&cfg, info).await.unwrap();
+        p.settle(&usage(12, 40), None);
+    }
+    let per = start.elapsed() / n;
+    let est = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(estimate_input(std::hint::black_box(body)));
+    }
+    eprintln!("acquire + settle: {per:?} per call; of which estimate_input {:?}", est.elapsed() / n);
+}
