@@ -368,5 +368,8 @@ async fn per_call_cost() {
     for _ in 0..n {
         std::hint::black_box(estimate_input(std::hint::black_box(body)));
     }
-    eprintln!("acquire + settle: {per:?} per call; of which estimate_input {:?}", est.elapsed() / n);
+    eprintln!(
+        "acquire + settle: {per:?} per call; of which estimate_input {:?}",
+        est.elapsed() / n
+    );
 }
