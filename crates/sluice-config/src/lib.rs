@@ -102,6 +102,19 @@ impl Config {
                 "server.public_url {url:?} must start with http:// or https://"
             ));
         }
+        if self.upstream.max_attempts == 0 || self.upstream.max_attempts > 10 {
+            return bad("upstream.max_attempts must be between 1 and 10".into());
+        }
+        if let Some(s) = self
+            .upstream
+            .retry_statuses
+            .iter()
+            .find(|s| !(400..=599).contains(*s))
+        {
+            return bad(format!(
+                "upstream.retry_statuses: {s} is not an error status"
+            ));
+        }
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes must be greater than 0".into());
         }

@@ -77,6 +77,17 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// How long an idle upstream connection is kept.
     pub pool_idle_timeout_secs: u64,
+    /// Attempts per call in all (1: never retry). Retries happen only before any byte of the
+    /// reply has gone to the client.
+    pub max_attempts: u32,
+    /// Upstream statuses that are retried (connect failures and first-byte timeouts always are).
+    pub retry_statuses: Vec<u16>,
+    /// Backoff ceiling of the first retry, doubled per retry (full jitter under it).
+    pub retry_base_ms: u64,
+    /// Largest backoff ceiling.
+    pub retry_max_backoff_ms: u64,
+    /// No retry starts later than this after the call's first attempt.
+    pub retry_deadline_ms: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -89,6 +100,11 @@ impl Default for UpstreamConfig {
             first_byte_timeout_ms: 600_000,
             pool_max_idle_per_host: 1024,
             pool_idle_timeout_secs: 60,
+            max_attempts: 3,
+            retry_statuses: vec![408, 429, 500, 502, 503, 504, 529],
+            retry_base_ms: 250,
+            retry_max_backoff_ms: 8_000,
+            retry_deadline_ms: 30_000,
         }
     }
 }

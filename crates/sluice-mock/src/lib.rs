@@ -11,6 +11,7 @@
 //! | header | effect |
 //! |---|---|
 //! | `x-mock-status: N` | reply status N (200 or 400..=599) with the upstream error body; 429 adds `retry-after: 1`; checked after auth |
+//! | `x-mock-fail-first: N` | apply `x-mock-status` (default 529) only to the first N requests with the same body, so a retry of it succeeds |
 //! | `x-mock-latency-ms: N` | extra delay before the headers |
 //! | `x-mock-event-interval-ms: N` | delay between SSE events |
 //! | `x-mock-stream-error-after: K` | after K events of a 200 stream, an `error` event (`overloaded_error`), then a clean end; K is clamped so the error always replaces `message_stop` |

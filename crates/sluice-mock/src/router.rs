@@ -88,6 +88,8 @@ struct Faults {
     error_after: Option<usize>,
     drop_after: Option<usize>,
     output_tokens: Option<u64>,
+    /// Apply `status` (default 529) only to the first N requests with this body.
+    fail_first: Option<u64>,
     hang: bool,
 }
 
@@ -122,6 +124,7 @@ fn parse_faults(headers: &HeaderMap) -> Result<Faults, ApiError> {
             "stream-error-after" => f.error_after = Some(as_usize()),
             "drop-after" => f.drop_after = Some(as_usize()),
             "output-tokens" => f.output_tokens = Some(n),
+            "fail-first" => f.fail_first = Some(n),
             // Rejecting unknown knobs catches typos in tests that would otherwise pass silently.
             _ => return Err(ApiError::invalid(format!("{name}: unknown mock header"))),
         }
@@ -261,7 +264,26 @@ fn dispatch(
         let (kind, message) = error_for_status(401);
         return Reply::Json(401, error_body(kind, message, request_id));
     }
-    if let Some(status) = faults.status {
+    let status = match faults.fail_first {
+        // A retry of the same body succeeds once N attempts have failed.
+        Some(n) => {
+            let key = {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                    .hash_one(&body[..])
+            };
+            let mut failed = crate::state::lock(&state.failed);
+            let seen = failed.entry(key).or_insert(0);
+            if *seen < n {
+                *seen += 1;
+                Some(faults.status.unwrap_or(529))
+            } else {
+                None
+            }
+        }
+        None => faults.status,
+    };
+    if let Some(status) = status {
         let (kind, message) = error_for_status(status);
         return Reply::Json(status, error_body(kind, message, request_id));
     }

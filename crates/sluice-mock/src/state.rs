@@ -125,6 +125,8 @@ pub(crate) struct State {
     next_message: AtomicU64,
     next_batch: AtomicU64,
     cache: Mutex<HashSet<u64>>,
+    /// `x-mock-fail-first`: failures already served per request body (by hash).
+    pub(crate) failed: Mutex<std::collections::HashMap<u64, u64>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     /// Keyed by the batch counter, so the list order (newest first) is the reverse key order.
     pub(crate) batches: Mutex<BTreeMap<u64, Batch>>,
@@ -145,6 +147,7 @@ impl State {
             next_message: AtomicU64::new(1),
             next_batch: AtomicU64::new(1),
             cache: Mutex::new(HashSet::new()),
+            failed: Mutex::new(std::collections::HashMap::new()),
             recorded: Mutex::new(VecDeque::new()),
             batches: Mutex::new(BTreeMap::new()),
         }

@@ -21,8 +21,9 @@ use sluice_anthropic::{parse_message_request, parse_message_response};
 use sluice_config::Config;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
+use sluice_upstream::UpstreamError;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Unwrap a step's result or end the call with its error.
 macro_rules! step {
@@ -67,6 +68,8 @@ pub fn router(state: AppState) -> Router {
 /// An authenticated call in progress.
 pub(crate) struct Call {
     pub rec: CallRecorder,
+    /// Retries were made and the last attempt still failed.
+    pub exhausted: bool,
     pub request_id: String,
     pub cfg: Arc<Config>,
     pub tenant: Arc<str>,
@@ -131,6 +134,7 @@ impl Call {
         }
         Ok(Self {
             rec,
+            exhausted: false,
             request_id,
             cfg,
             tenant: key.tenant,
@@ -152,7 +156,12 @@ impl Call {
             error_type: Some(e.kind().as_str().to_owned()),
             ..Ending::default()
         });
-        e.to_response(&self.request_id)
+        let mut resp = e.to_response(&self.request_id);
+        if self.exhausted {
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        resp
     }
 
     /// Read the whole request body, refusing it past the configured limit.
@@ -182,7 +191,9 @@ impl Call {
     }
 
     /// Forward to the upstream with the client's headers (moved out of `parts` and filtered)
-    /// and the original bytes.
+    /// and the original bytes, retrying connect failures, first-byte timeouts and retryable
+    /// statuses under the upstream's retry policy. Nothing has reached the client yet at any
+    /// point here, so a retry can never duplicate or splice a reply.
     pub async fn forward(
         &mut self,
         s: &AppState,
@@ -191,20 +202,76 @@ impl Call {
     ) -> Result<http::Response<Incoming>, GatewayError> {
         let mut h = std::mem::take(&mut parts.headers);
         headers::for_upstream(&mut h);
-        let resp = s
-            .upstream()
-            .send(parts.method.clone(), path_and_query(&parts.uri), h, body)
-            .await?;
-        self.rec.mark_first_byte();
-        if let Some(id) = resp
-            .headers()
-            .get("request-id")
-            .and_then(|v| v.to_str().ok())
-        {
-            self.rec.set_request_id(id);
+        let upstream = s.upstream();
+        let policy = upstream.retry_policy();
+        let pq = path_and_query(&parts.uri);
+        let started = Instant::now();
+        let mut attempt: u32 = 1;
+        loop {
+            let last = attempt >= policy.max_attempts;
+            // The headers are needed again only if another attempt may follow.
+            let hdrs = if last {
+                std::mem::take(&mut h)
+            } else {
+                h.clone()
+            };
+            let result = upstream
+                .send(parts.method.clone(), pq, hdrs, body.clone())
+                .await;
+            let retryable = match &result {
+                Ok(r) => policy.retryable(r.status()),
+                Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => true,
+                Err(UpstreamError::Config(_)) => false,
+            };
+            let wait = if retryable && !last {
+                let reply_headers = result.as_ref().ok().map(|r| r.headers());
+                policy.wait_before(attempt + 1, reply_headers, started.elapsed(), jitter())
+            } else {
+                None
+            };
+            let Some(wait) = wait else {
+                self.rec.set_retries(attempt - 1);
+                // Retried and still failing: the client's SDK would only retry in vain.
+                self.exhausted = retryable && attempt > 1;
+                let mut resp = result?;
+                if self.exhausted {
+                    resp.headers_mut()
+                        .insert("x-should-retry", HeaderValue::from_static("false"));
+                }
+                self.rec.mark_first_byte();
+                if let Some(id) = resp
+                    .headers()
+                    .get("request-id")
+                    .and_then(|v| v.to_str().ok())
+                {
+                    self.rec.set_request_id(id);
+                }
+                return Ok(resp);
+            };
+            tracing::info!(
+                target: "sluice::retry",
+                request_id = %self.request_id,
+                attempt,
+                status = result.as_ref().ok().map(|r| r.status().as_u16()),
+                error = result.as_ref().err().map(|e| e.to_string()),
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "upstream attempt failed; retrying"
+            );
+            if let Ok(r) = result {
+                // Read the (small) error body so the connection can be reused; never wait long.
+                let _ = tokio::time::timeout(Duration::from_secs(1), r.into_body().collect()).await;
+            }
+            tokio::time::sleep(wait).await;
+            attempt += 1;
         }
-        Ok(resp)
     }
+}
+
+/// A random number for backoff jitter (the quality only has to spread retries apart).
+fn jitter() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
 }
 
 /// `x-sluice-feature`: optional, bounded, and of a charset safe for logs and labels.

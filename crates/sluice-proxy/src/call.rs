@@ -80,6 +80,13 @@ impl CallRecorder {
         }
     }
 
+    /// Record how many upstream attempts beyond the first were made.
+    pub fn set_retries(&mut self, n: u32) {
+        if let Some(r) = self.row.as_mut() {
+            r.retries = n;
+        }
+    }
+
     /// Mark the call as streamed.
     pub fn set_streamed(&mut self) {
         if let Some(r) = self.row.as_mut() {
@@ -175,6 +182,7 @@ impl CallRecorder {
             upstream = r.upstream.as_deref(),
             cost_micros = r.cost_micros,
             waited_ms = r.waited_ms,
+            retries = r.retries,
             request_body = req_body.as_deref(),
             response_body = resp_body.as_deref(),
             "call"

@@ -57,6 +57,8 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX ledger_tenant_ts ON ledger (tenant, ts_ms);",
     // v2: how long a call waited for rate-limit room.
     "ALTER TABLE ledger ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;",
+    // v3: upstream attempts beyond the first.
+    "ALTER TABLE ledger ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle on the state database for control-plane work (CLI, batch ownership). Cloning is

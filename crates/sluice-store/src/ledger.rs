@@ -63,6 +63,8 @@ pub struct LedgerRow {
     pub cost_micros: Option<i64>,
     /// Milliseconds the call waited in the limiter's queue before it was admitted.
     pub waited_ms: u64,
+    /// Upstream attempts beyond the first (retries).
+    pub retries: u32,
 }
 
 /// Counters of the writer, shared with the data plane (for metrics and readiness).
@@ -281,9 +283,10 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 model_served, streamed, status, outcome, error_type, latency_ms, ttfb_ms,
                 input_tokens, output_tokens, cache_creation_input_tokens,
                 cache_creation_5m_input_tokens, cache_creation_1h_input_tokens,
-                cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms)
+                cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms,
+                retries)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -311,6 +314,7 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 r.upstream,
                 r.cost_micros,
                 to_i64(r.waited_ms),
+                r.retries,
             ])?;
         }
     }

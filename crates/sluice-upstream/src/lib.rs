@@ -3,6 +3,8 @@
 //! upstream credential: callers hand it filtered client headers and it adds the key, which never
 //! leaves this crate in a readable form (`Debug` redacts it, the header is marked sensitive).
 
+mod retry;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
@@ -12,6 +14,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+pub use retry::{RetryPolicy, retry_after};
 use std::time::Duration;
 
 /// Why an upstream call produced no response.
@@ -67,6 +70,8 @@ pub struct UpstreamOptions {
     pub pool_max_idle_per_host: usize,
     /// How long idle connections are kept.
     pub pool_idle_timeout: Duration,
+    /// When to try again.
+    pub retry: RetryPolicy,
 }
 
 /// The Anthropic API as an upstream.
@@ -79,6 +84,7 @@ pub struct Upstream {
     api_key: HeaderValue,
     first_byte_timeout: Duration,
     name: String,
+    retry: std::sync::Arc<RetryPolicy>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -134,12 +140,18 @@ impl Upstream {
             api_key,
             first_byte_timeout: opts.first_byte_timeout,
             name: opts.name,
+            retry: std::sync::Arc::new(opts.retry),
         })
     }
 
     /// The name recorded on ledger rows.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The retry policy of calls to this upstream.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
     }
 
     /// Send a request. `path_and_query` is the client's (e.g. `/v1/messages?beta=true`);
@@ -197,6 +209,7 @@ mod tests {
 
     fn opts(base: &str) -> UpstreamOptions {
         UpstreamOptions {
+            retry: RetryPolicy::default(),
             name: "anthropic".into(),
             base_url: base.into(),
             api_key: Secret::new("sk-ant-secret"),

@@ -12,7 +12,7 @@ use sluice_limits::local::LocalBackend;
 use sluice_limits::redis::{RedisBackend, RedisOptions};
 use sluice_proxy::{AppState, KeyRing, Parts};
 use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
-use sluice_upstream::{Secret, Upstream, UpstreamOptions};
+use sluice_upstream::{RetryPolicy, Secret, Upstream, UpstreamOptions};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -144,6 +144,13 @@ pub async fn run(
         first_byte_timeout: Duration::from_millis(cfg.upstream.first_byte_timeout_ms),
         pool_max_idle_per_host: cfg.upstream.pool_max_idle_per_host,
         pool_idle_timeout: Duration::from_secs(cfg.upstream.pool_idle_timeout_secs),
+        retry: RetryPolicy {
+            max_attempts: cfg.upstream.max_attempts,
+            statuses: cfg.upstream.retry_statuses.clone(),
+            base: Duration::from_millis(cfg.upstream.retry_base_ms),
+            max_backoff: Duration::from_millis(cfg.upstream.retry_max_backoff_ms),
+            deadline: Duration::from_millis(cfg.upstream.retry_deadline_ms),
+        },
     })?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let tenants = cfg.tenants.len();

@@ -66,10 +66,11 @@ def test_internal_server_error_500(client):
     assert e.value.status_code == 500
 
 
-def test_sdk_retries_through_gateway(sluice):
-    """With retries on, the SDK retries a 529 and gives up with the same error (no hang)."""
+def test_gateway_retries_once_for_everyone_and_tells_the_sdk_not_to_retry(sluice):
+    """The gateway retries a 529 itself (3 attempts by default) and, once it gives up, says
+    `x-should-retry: false`, so the SDK (max_retries=2 here) does not multiply the attempts."""
     marker = f"retry-{uuid.uuid4().hex}"
-    with anthropic.Anthropic(base_url=sluice.gateway_url, api_key=sluice.key, max_retries=1) as c:
+    with anthropic.Anthropic(base_url=sluice.gateway_url, api_key=sluice.key, max_retries=2) as c:
         with pytest.raises(anthropic.APIStatusError) as e:
             c.with_options(timeout=20).messages.create(
                 model=MODEL, max_tokens=16,
@@ -77,11 +78,21 @@ def test_sdk_retries_through_gateway(sluice):
                 extra_headers={"x-mock-status": "529"},
             )
     assert e.value.status_code == 529
+    assert e.value.response.headers["x-should-retry"] == "false"
     tries = [r for r in sluice.mock_requests() if marker in (r["body"] or "")]
-    # One try plus one SDK retry reached the upstream (the gateway may add its own retries).
-    assert len(tries) >= 2
-    # The SDK numbers its retries; the gateway passes that header on untouched.
-    assert {r["headers"].get("x-stainless-retry-count") for r in tries} >= {"0", "1"}
+    assert len(tries) == 3, len(tries)
+    # All three come from the SDK's first attempt; the gateway passes its header on untouched.
+    assert {r["headers"].get("x-stainless-retry-count") for r in tries} == {"0"}
+
+
+def test_a_transient_529_is_absorbed_by_the_gateway(client):
+    marker = f"transient-{uuid.uuid4().hex}"
+    msg = client.messages.create(
+        model=MODEL, max_tokens=16,
+        messages=[{"role": "user", "content": marker}],
+        extra_headers={"x-mock-fail-first": "2"},
+    )
+    assert msg.type == "message"
 
 
 def test_missing_model_is_bad_request(client):

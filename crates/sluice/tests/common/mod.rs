@@ -162,6 +162,7 @@ pub struct Row {
     pub stop_reason: Option<String>,
     pub cost_micros: Option<i64>,
     pub waited_ms: i64,
+    pub retries: i64,
 }
 
 impl Env {
@@ -194,7 +195,7 @@ impl Env {
                 "SELECT request_id, tenant, key_id, feature, endpoint, model, model_served, streamed,
                  status, outcome, error_type, input_tokens, output_tokens,
                  cache_creation_input_tokens, cache_read_input_tokens, stop_reason, cost_micros,
-                 waited_ms
+                 waited_ms, retries
                  FROM ledger ORDER BY id",
             )
             .unwrap();
@@ -218,6 +219,7 @@ impl Env {
                 stop_reason: r.get(15)?,
                 cost_micros: r.get(16)?,
                 waited_ms: r.get(17)?,
+                retries: r.get(18)?,
             })
         })
         .unwrap()
