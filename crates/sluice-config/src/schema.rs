@@ -88,6 +88,9 @@ pub struct UpstreamConfig {
     pub retry_max_backoff_ms: u64,
     /// No retry starts later than this after the call's first attempt.
     pub retry_deadline_ms: u64,
+    /// A stream whose upstream sends nothing (not even a `ping`) for this long is ended with an
+    /// error event. 0 disables it. A healthy stream has no total time limit.
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -105,6 +108,7 @@ impl Default for UpstreamConfig {
             retry_base_ms: 250,
             retry_max_backoff_ms: 8_000,
             retry_deadline_ms: 30_000,
+            stream_idle_timeout_ms: 120_000,
         }
     }
 }

@@ -389,7 +389,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
         let (p, incoming) = resp.into_parts();
-        let body = TapBody::new(incoming, call.rec, status.as_u16());
+        let idle = call.cfg.upstream.stream_idle_timeout_ms;
+        let idle = (idle > 0).then(|| Duration::from_millis(idle));
+        let body = TapBody::new(incoming, call.rec, status.as_u16(), idle);
         return respond_with(p, Body::new(body), view.as_ref());
     }
     let (p, bytes) = step!(call, buffered(resp).await);

@@ -7,6 +7,9 @@
 //! - the upstream connection broke, or it ended without `message_stop` or an error → Sluice
 //!   appends its own `event: error` (`api_error`) so the client never mistakes a truncated stream
 //!   for a complete one → outcome `upstream_disconnected` / `upstream_truncated`.
+//! - the upstream sent nothing for `upstream.stream_idle_timeout_ms` → Sluice appends its own
+//!   `event: error` and ends the stream (closing the upstream connection) → outcome
+//!   `upstream_stalled`, with the usage seen so far. A healthy long stream has no total limit.
 //! - the client went away → this body is dropped, which drops the upstream body and so closes
 //!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
 //!   seen so far.
@@ -17,8 +20,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use sluice_anthropic::{SseTap, sse_error_event};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 enum Phase {
     Streaming,
@@ -32,18 +38,60 @@ pub struct TapBody {
     call: CallRecorder,
     phase: Phase,
     status: u16,
+    /// The idle limit between upstream frames, its timer, and when the last frame came. The
+    /// timer is re-armed only when it fires (to `last + idle`), not on every frame: one timer
+    /// operation per idle period instead of one per event.
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    last_frame: Instant,
 }
 
 impl TapBody {
     /// Wrap an upstream 200 SSE body.
-    pub fn new(inner: Incoming, call: CallRecorder, status: u16) -> Self {
+    pub fn new(inner: Incoming, call: CallRecorder, status: u16, idle: Option<Duration>) -> Self {
+        let now = Instant::now();
         Self {
             inner,
             tap: SseTap::new(),
             call,
             phase: Phase::Streaming,
             status,
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            last_frame: now,
         }
+    }
+
+    /// Whether the upstream has been silent for longer than the idle limit (re-arming the
+    /// timer when it fired early because frames kept coming).
+    fn stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some((d, sleep)) = self.idle.as_mut() else {
+            return false;
+        };
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_frame + *d;
+            if Instant::now() >= due {
+                return true;
+            }
+            sleep.as_mut().reset(due);
+        }
+    }
+
+    fn end_stalled(&mut self) -> Option<Bytes> {
+        self.tap.finish();
+        let ms = self.idle.as_ref().map_or(0, |(d, _)| d.as_millis());
+        tracing::warn!(idle_ms = ms as u64, "upstream stream stalled; ending it");
+        let end = self.ending("upstream_stalled", Some("api_error".into()));
+        self.call.finish(end);
+        let ev = sse_error_event(
+            "api_error",
+            &format!("upstream sent nothing for {ms} ms; the reply is incomplete"),
+        );
+        let mut b = bytes::BytesMut::with_capacity(ev.len() + 2);
+        b.extend_from_slice(b"\n\n");
+        b.extend_from_slice(&ev);
+        Some(b.freeze())
     }
 
     fn ending(&self, outcome: &'static str, error_type: Option<String>) -> Ending {
@@ -114,11 +162,19 @@ impl Body for TapBody {
             Phase::Done => Poll::Ready(None),
             Phase::Streaming => match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => {
+                    if this.stalled(cx) {
+                        // The error event is the last frame; dropping this body afterwards
+                        // closes the upstream connection.
+                        return Poll::Ready(this.end_stalled().map(|b| Ok(Frame::data(b))));
+                    }
                     this.phase = Phase::Streaming;
                     Poll::Pending
                 }
                 Poll::Ready(Some(Ok(frame))) => {
                     this.phase = Phase::Streaming;
+                    if this.idle.is_some() {
+                        this.last_frame = Instant::now();
+                    }
                     match frame.into_data() {
                         Ok(data) => {
                             this.call.mark_first_byte();

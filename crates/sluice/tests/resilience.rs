@@ -151,3 +151,53 @@ async fn an_unreachable_upstream_is_retried_then_a_502_that_says_do_not_retry() 
     assert_eq!(r.headers().get("x-should-retry").unwrap(), "false");
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
 }
+
+fn stream_body(marker: &str) -> String {
+    format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":5,"stream":true,"messages":[{{"role":"user","content":"{marker}"}}]}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_stalled_stream_is_ended_with_an_error_event_but_a_slow_healthy_one_is_not() {
+    let mut env = env_with(opts("stream_idle_timeout_ms = 400")).await;
+    // Events 150 ms apart: slow, never idle for 400 ms, and longer than 400 ms in total.
+    let t = Instant::now();
+    let r = env
+        .post_messages(&env.web_key, &stream_body("slow"))
+        .header("x-mock-event-interval-ms", "150")
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    assert!(
+        t.elapsed() > Duration::from_millis(400),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        text.contains("message_stop") && !text.contains("event: error"),
+        "{text}"
+    );
+    // Events 2 s apart: the gateway gives up after 400 ms of silence.
+    let t = Instant::now();
+    let r = env
+        .post_messages(&env.web_key, &stream_body("stalled"))
+        .header("x-mock-event-interval-ms", "2000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(text.contains("event: error"), "{text}");
+    assert!(text.contains("upstream sent nothing for 400 ms"), "{text}");
+    assert!(!text.contains("message_stop"), "{text}");
+    let rows = env.finish().await;
+    let outcomes: Vec<&str> = rows.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["ok", "upstream_stalled"]);
+}
