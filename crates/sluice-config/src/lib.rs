@@ -17,6 +17,7 @@ pub use prices::{PriceEntry, PriceTier};
 
 pub use schema::{
     AuthConfig, Config, LogConfig, ServerConfig, StoreConfig, TenantConfig, UpstreamConfig,
+    UpstreamMember,
 };
 
 use arc_swap::ArcSwap;
@@ -75,6 +76,57 @@ impl Config {
         }
     }
 
+    /// `[[upstream.members]]` and the breaker knobs.
+    fn validate_members(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let u = &self.upstream;
+        if u.breaker_failures == 0 {
+            return bad("upstream.breaker_failures must be at least 1".into());
+        }
+        if u.breaker_open_ms == 0 {
+            return bad("upstream.breaker_open_ms must be greater than 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for m in &u.members {
+            // Names go into logs, JSON and ledger rows: keep them plain.
+            let ok = (1..=64).contains(&m.name.len())
+                && m.name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+            if !ok {
+                return bad(format!(
+                    "upstream.members: name {:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+                    m.name
+                ));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return bad(format!("upstream member {:?} is declared twice", m.name));
+            }
+            if m.weight == 0 || m.weight > 1000 {
+                return bad(format!(
+                    "upstream member {:?}: weight must be between 1 and 1000",
+                    m.name
+                ));
+            }
+            match (&m.api_key_env, &m.api_key) {
+                (None, None) => {
+                    return bad(format!(
+                        "upstream member {:?} has no key: set api_key_env (or api_key)",
+                        m.name
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    return bad(format!(
+                        "upstream member {:?}: set api_key_env or api_key, not both",
+                        m.name
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let mut seen = std::collections::HashSet::new();
@@ -102,6 +154,7 @@ impl Config {
                 "server.public_url {url:?} must start with http:// or https://"
             ));
         }
+        self.validate_members()?;
         if self.upstream.max_attempts == 0 || self.upstream.max_attempts > 10 {
             return bad("upstream.max_attempts must be between 1 and 10".into());
         }
@@ -188,6 +241,36 @@ mod tests {
         );
         let bad = "[[tenants]]\nname = \"Web Team\"\n";
         assert!(Config::from_toml(bad).is_err());
+    }
+
+    #[test]
+    fn upstream_members_are_validated() {
+        let ok = Config::from_toml(
+            "[upstream]\nbreaker_failures = 2\n[[upstream.members]]\nname = \"a\"\napi_key_env = \"KEY_A\"\nweight = 3\n[[upstream.members]]\nname = \"b\"\napi_key = \"k\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.upstream.members.len(), 2);
+        assert_eq!(ok.upstream.members[1].weight, 1);
+        assert_eq!(ok.upstream.breaker_open_ms, 30_000);
+        for (toml, want) in [
+            ("[[upstream.members]]\nname = \"a\"\n", "has no key"),
+            (
+                "[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\n[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\n",
+                "declared twice",
+            ),
+            (
+                "[[upstream.members]]\nname = \"a b\"\napi_key = \"k\"\n",
+                "must be 1-64",
+            ),
+            (
+                "[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\nweight = 0\n",
+                "weight",
+            ),
+            ("[upstream]\nbreaker_failures = 0\n", "breaker_failures"),
+        ] {
+            let e = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(e.contains(want), "{toml}: {e}");
+        }
     }
 
     #[test]

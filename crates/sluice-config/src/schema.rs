@@ -68,6 +68,14 @@ pub struct UpstreamConfig {
     pub api_key_env: String,
     /// The key itself. Prefer `api_key_env`: a key in a file is easier to leak.
     pub api_key: Option<String>,
+    /// `[[upstream.members]]`: several keys to spread calls over. When empty, the single key
+    /// above is the one member.
+    pub members: Vec<UpstreamMember>,
+    /// Consecutive failures (connect errors, timeouts, 5xx, 529) that open a member's circuit
+    /// breaker. A 429 never does: it cools the member down for its `retry-after` instead.
+    pub breaker_failures: u32,
+    /// How long an open breaker stays open before one probe request is let through.
+    pub breaker_open_ms: u64,
     /// TCP (and TLS) connect timeout.
     pub connect_timeout_ms: u64,
     /// Longest wait for the upstream's response headers. Non-streaming replies of long
@@ -99,6 +107,9 @@ impl Default for UpstreamConfig {
             base_url: "https://api.anthropic.com".into(),
             api_key_env: "ANTHROPIC_API_KEY".into(),
             api_key: None,
+            members: Vec::new(),
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
             connect_timeout_ms: 5_000,
             first_byte_timeout_ms: 600_000,
             pool_max_idle_per_host: 1024,
@@ -111,6 +122,21 @@ impl Default for UpstreamConfig {
             stream_idle_timeout_ms: 120_000,
         }
     }
+}
+
+/// One `[[upstream.members]]` entry: an API key of the upstream pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamMember {
+    /// Shown in health and on ledger rows (`upstream`); never the key.
+    pub name: String,
+    /// Name of the environment variable holding this member's key.
+    pub api_key_env: Option<String>,
+    /// The key itself. Prefer `api_key_env`.
+    pub api_key: Option<String>,
+    /// Share of the traffic relative to the other members.
+    #[serde(default = "one")]
+    pub weight: u32,
 }
 
 /// `[store]`.

@@ -22,7 +22,12 @@
 //! An unknown `x-mock-*` header or a malformed value is a 400, so a typo cannot pass silently.
 //!
 //! Introspection, never behind auth: `GET /_mock/requests` (recorded requests, when
-//! [`MockOptions::record`] is on), `DELETE /_mock/requests`, `GET /_mock/stats`.
+//! [`MockOptions::record`] is on), `DELETE /_mock/requests`, `GET /_mock/stats` (with
+//! `by_key`: requests per upstream key, labelled in [`redact_key`]'s form). Recorded requests
+//! keep their headers verbatim, so tests can check the exact upstream key the gateway sent.
+//!
+//! Per-key faults (a pool of upstream keys where one is rate limited or failing):
+//! [`MockOptions::key_status`] and [`MockHandle::set_key_status`].
 
 mod batches;
 mod body;
@@ -64,6 +69,12 @@ pub struct MockOptions {
     /// When set, `/v1/…` requests must carry this key as `x-api-key` (or
     /// `Authorization: Bearer`), else they get a 401 `authentication_error`.
     pub api_key: Option<String>,
+    /// More keys accepted beside `api_key` (a pool of upstream keys); when `api_key` is `None`
+    /// and this is not empty, only these are accepted.
+    pub api_keys: Vec<String>,
+    /// Requests authenticated with this key get this status (with the upstream's error body;
+    /// 429 carries `retry-after: 1`), checked after auth and before any `x-mock-*` header.
+    pub key_status: Vec<(String, u16)>,
     /// Keep the last 256 requests for `GET /_mock/requests` and [`MockHandle::recorded`].
     pub record: bool,
     /// A fixed output token count (capped by `max_tokens`); `None` derives it from the request.
@@ -81,11 +92,26 @@ impl Default for MockOptions {
             ratelimit_headers: true,
             input_tokens_remaining: None,
             api_key: None,
+            api_keys: Vec::new(),
+            key_status: Vec::new(),
             record: false,
             output_tokens: None,
             batch_processing: Duration::ZERO,
         }
     }
+}
+
+/// How the mock shows an upstream key: its first characters (at most 8, and at most a quarter
+/// of it, so a short key is not shown whole) and a 64-bit hash of the whole, enough to tell keys
+/// apart in tests, never enough to use one.
+pub fn redact_key(key: &str) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    // SipHash with fixed keys: the same label in every process, so tests can compute it.
+    let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(key.as_bytes());
+    let n = key.chars().count();
+    let prefix: String = key.chars().take((n / 4).min(8)).collect();
+    format!("{prefix}…{h:016x}")
 }
 
 /// How long in-flight replies may run on after shutdown before their connections are cut.
@@ -216,6 +242,17 @@ impl MockHandle {
     /// The recorded requests, oldest first (empty unless [`MockOptions::record`] is on).
     pub fn recorded(&self) -> Vec<RecordedRequest> {
         self.state.recorded()
+    }
+
+    /// Requests (introspection excluded) that carried `key` as `x-api-key` or bearer token.
+    pub fn key_requests(&self, key: &str) -> u64 {
+        self.state.key_requests(key)
+    }
+
+    /// From now on, answer requests authenticated with `key` with `status` (`None`: normally),
+    /// e.g. to take a key down and bring it back.
+    pub fn set_key_status(&self, key: &str, status: Option<u16>) {
+        self.state.set_key_status(key, status);
     }
 
     /// Forgets the recorded requests.

@@ -196,6 +196,11 @@ pub(crate) async fn handle(
         Err(_) => return Err(DropConnection),
     };
 
+    let presented = presented_key(&parts.headers);
+    if let Some(k) = presented {
+        state.count_key(k);
+    }
+
     if state.opts.record {
         state.record(RecordedRequest {
             method: parts.method.as_str().to_owned(),
@@ -205,10 +210,11 @@ pub(crate) async fn handle(
                 .headers
                 .iter()
                 .map(|(n, v)| {
-                    (
-                        n.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
+                    // Recorded verbatim, credentials included: tests must be able to check that
+                    // the gateway sent exactly the right upstream key. The mock's keys are test
+                    // fixtures, and recording is off unless asked for.
+                    let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                    (n.as_str().to_owned(), v)
                 })
                 .collect(),
             body: body.clone(),
@@ -258,11 +264,23 @@ fn dispatch(
     faults: &Faults,
     request_id: &str,
 ) -> Reply {
-    if let Some(expected) = &state.opts.api_key
-        && !authorized(headers, expected)
+    let keys_set = state.opts.api_key.is_some() || !state.opts.api_keys.is_empty();
+    if keys_set
+        && !state
+            .opts
+            .api_key
+            .iter()
+            .chain(&state.opts.api_keys)
+            .any(|k| authorized(headers, k))
     {
         let (kind, message) = error_for_status(401);
         return Reply::Json(401, error_body(kind, message, request_id));
+    }
+    if let Some(status) = presented_key(headers).and_then(|k| state.key_status(k))
+        && status != 200
+    {
+        let (kind, message) = error_for_status(status);
+        return Reply::Json(status, error_body(kind, message, request_id));
     }
     let status = match faults.fail_first {
         // A retry of the same body succeeds once N attempts have failed.
@@ -318,6 +336,19 @@ fn dispatch(
         Route::NotFound => Err(ApiError::not_found("Not found")),
     };
     result.unwrap_or_else(|e| error_reply(&e, request_id))
+}
+
+/// The key a request presents, as `x-api-key` or `Authorization: Bearer`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
 }
 
 /// Accepts the key as `x-api-key` or as `Authorization: Bearer`, as the upstream does.
@@ -522,6 +553,7 @@ fn introspect(state: &Arc<State>, method: &Method, what: &str, request_id: &str)
                     "requests": s.requests,
                     "messages": s.messages,
                     "streams_cancelled": s.streams_cancelled,
+                    "by_key": state.by_key(),
                 })
                 .to_string(),
             )

@@ -128,6 +128,10 @@ pub(crate) struct State {
     /// `x-mock-fail-first`: failures already served per request body (by hash).
     pub(crate) failed: Mutex<std::collections::HashMap<u64, u64>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
+    /// Per-key statuses ([`MockOptions::key_status`], changed by `set_key_status`).
+    key_status: Mutex<std::collections::HashMap<String, u16>>,
+    /// Requests per presented key, by its redacted form.
+    by_key: Mutex<BTreeMap<String, u64>>,
     /// Keyed by the batch counter, so the list order (newest first) is the reverse key order.
     pub(crate) batches: Mutex<BTreeMap<u64, Batch>>,
 }
@@ -139,6 +143,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl State {
     pub(crate) fn new(opts: MockOptions, local_addr: SocketAddr) -> Self {
+        let key_status = opts.key_status.iter().cloned().collect();
         Self {
             opts,
             stats: Stats::default(),
@@ -149,8 +154,41 @@ impl State {
             cache: Mutex::new(HashSet::new()),
             failed: Mutex::new(std::collections::HashMap::new()),
             recorded: Mutex::new(VecDeque::new()),
+            key_status: Mutex::new(key_status),
+            by_key: Mutex::new(BTreeMap::new()),
             batches: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Count a request presented with `key`.
+    pub(crate) fn count_key(&self, key: &str) {
+        *lock(&self.by_key)
+            .entry(crate::redact_key(key))
+            .or_insert(0) += 1;
+    }
+
+    pub(crate) fn key_requests(&self, key: &str) -> u64 {
+        lock(&self.by_key)
+            .get(&crate::redact_key(key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests per key, by redacted key.
+    pub(crate) fn by_key(&self) -> BTreeMap<String, u64> {
+        lock(&self.by_key).clone()
+    }
+
+    pub(crate) fn key_status(&self, key: &str) -> Option<u16> {
+        lock(&self.key_status).get(key).copied()
+    }
+
+    pub(crate) fn set_key_status(&self, key: &str, status: Option<u16>) {
+        let mut m = lock(&self.key_status);
+        match status {
+            Some(s) => m.insert(key.to_owned(), s),
+            None => m.remove(key),
+        };
     }
 
     pub(crate) fn next_request_id(&self) -> String {

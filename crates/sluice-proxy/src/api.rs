@@ -192,8 +192,11 @@ impl Call {
 
     /// Forward to the upstream with the client's headers (moved out of `parts` and filtered)
     /// and the original bytes, retrying connect failures, first-byte timeouts and retryable
-    /// statuses under the upstream's retry policy. Nothing has reached the client yet at any
-    /// point here, so a retry can never duplicate or splice a reply.
+    /// statuses under the upstream's retry policy. Each attempt goes to a member of the
+    /// upstream's pool and reports its outcome to that member's health; when no member is
+    /// available the call fails at once with [`GatewayError::UpstreamUnavailable`]. Nothing has
+    /// reached the client yet at any point here, so a retry can never duplicate or splice a
+    /// reply.
     pub async fn forward(
         &mut self,
         s: &AppState,
@@ -207,8 +210,19 @@ impl Call {
         let pq = path_and_query(&parts.uri);
         let started = Instant::now();
         let mut attempt: u32 = 1;
+        let mut tried: Vec<usize> = Vec::new();
         loop {
             let last = attempt >= policy.max_attempts;
+            // A retry prefers a member not tried yet, so traffic leaves a 429ing key at once.
+            let member = match upstream.pick(&tried, jitter()) {
+                Ok(m) => m,
+                Err(u) => {
+                    self.rec.set_retries(attempt - 1);
+                    return Err(GatewayError::UpstreamUnavailable(u.retry_in));
+                }
+            };
+            tried.push(member);
+            self.rec.set_upstream(upstream.member_name(member));
             // The headers are needed again only if another attempt may follow.
             let hdrs = if last {
                 std::mem::take(&mut h)
@@ -216,8 +230,9 @@ impl Call {
                 h.clone()
             };
             let result = upstream
-                .send(parts.method.clone(), pq, hdrs, body.clone())
+                .send_to(member, parts.method.clone(), pq, hdrs, body.clone())
                 .await;
+            upstream.report(member, sluice_upstream::outcome_of(&result));
             let retryable = match &result {
                 Ok(r) => policy.retryable(r.status()),
                 Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => true,
@@ -225,7 +240,21 @@ impl Call {
             };
             let wait = if retryable && !last {
                 let reply_headers = result.as_ref().ok().map(|r| r.headers());
-                policy.wait_before(attempt + 1, reply_headers, started.elapsed(), jitter())
+                let elapsed = started.elapsed();
+                let wait = policy.wait_before(attempt + 1, reply_headers, elapsed, jitter());
+                match upstream.ready(&tried) {
+                    // Another member is ready now: the failed one's retry-after (or backoff)
+                    // is its own business.
+                    (true, _) if elapsed < policy.deadline => Some(Duration::ZERO),
+                    // Else wait at least until some member is back (a 429 without a
+                    // retry-after cools its member down longer than the jittered backoff). If
+                    // none is back within the deadline (e.g. this failure opened the last
+                    // breaker), the client gets this reply rather than a 503.
+                    (_, Some(back)) => wait
+                        .map(|w| w.max(back))
+                        .filter(|w| elapsed + *w <= policy.deadline),
+                    (_, None) => None,
+                }
             } else {
                 None
             };
@@ -457,6 +486,24 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .load(std::sync::atomic::Ordering::Relaxed);
     // The shared limiter being away does not make the gateway unready: it serves on under
     // its fail_mode. It is shown so an operator sees it.
+    // Member health: names and states only, never keys.
+    let upstream = s
+        .upstream()
+        .health()
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "weight": m.weight,
+                "state": m.state,
+                "cooling_down_ms": m.cooling_down_ms,
+                "consecutive_failures": m.consecutive_failures,
+                "requests": m.requests,
+                "failures": m.failures,
+            })
+        })
+        .collect::<Vec<_>>();
+    let upstream = serde_json::Value::from(upstream).to_string();
     let limiter = match s.limiter().backend() {
         Backend::Local(_) => r#"{"backend":"local"}"#.to_owned(),
         Backend::Redis(r) => {
@@ -470,11 +517,11 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if keys && ledger {
         json_status(
             StatusCode::OK,
-            &format!(r#"{{"status":"ready","limiter":{limiter}}}"#),
+            &format!(r#"{{"status":"ready","limiter":{limiter},"upstream":{upstream}}}"#),
         )
     } else {
         let body = format!(
-            r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger},"limiter":{limiter}}}"#
+            r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger},"limiter":{limiter},"upstream":{upstream}}}"#
         );
         json_status(StatusCode::SERVICE_UNAVAILABLE, &body)
     }

@@ -80,6 +80,13 @@ impl CallRecorder {
         }
     }
 
+    /// Record the upstream member (its name, never its key) the answering attempt went to.
+    pub fn set_upstream(&mut self, name: &str) {
+        if let Some(r) = self.row.as_mut() {
+            r.upstream = Some(name.to_owned());
+        }
+    }
+
     /// Record how many upstream attempts beyond the first were made.
     pub fn set_retries(&mut self, n: u32) {
         if let Some(r) = self.row.as_mut() {

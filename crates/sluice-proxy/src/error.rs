@@ -50,6 +50,13 @@ pub enum GatewayError {
     /// No upstream response.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
+    /// Every upstream member is cooling down after a 429 or has its circuit breaker open: the
+    /// call fails at once instead of piling up. Carries how long until the soonest is back.
+    #[error(
+        "all upstream members are unavailable (cooling down after rate limiting, or circuit breaker open after repeated failures); the soonest is expected back in {} ms",
+        .0.as_millis()
+    )]
+    UpstreamUnavailable(std::time::Duration),
     /// The upstream broke off while sending a non-streaming reply.
     #[error("upstream connection lost while sending the reply")]
     UpstreamBody,
@@ -78,6 +85,7 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout(_)) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,
             Self::NotFound(_) => ErrorKind::NotFound,
+            Self::UpstreamUnavailable(_) => ErrorKind::Overloaded,
             Self::Limited(r) if r.reason == RefusalReason::Unavailable => ErrorKind::Api,
             Self::Limited(_) => ErrorKind::RateLimit,
         }
@@ -95,6 +103,9 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+            // 503 rather than overloaded_error's usual 529: it is this gateway that refuses,
+            // for a known time, not the upstream that is overloaded.
+            Self::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             other => StatusCode::from_u16(other.kind().default_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -106,6 +117,7 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unreachable",
             Self::UpstreamBody => "upstream_disconnected",
+            Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::Internal(_) => "gateway_error",
             Self::Limited(r) => match r.reason {
                 RefusalReason::TenantRate => "limited_tenant",
@@ -135,6 +147,14 @@ impl GatewayError {
             ErrorKind::Authentication | ErrorKind::Permission
         ) {
             h.insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+        if let Self::UpstreamUnavailable(d) = self {
+            // Whole seconds, rounded up: retrying earlier only meets the same refusal.
+            let secs = d.as_millis().div_ceil(1000).max(1);
+            h.insert(
+                "retry-after",
+                HeaderValue::from(u64::try_from(secs).unwrap_or(u64::MAX)),
+            );
         }
         if let Self::Limited(r) = self {
             h.insert("retry-after", HeaderValue::from(r.retry_after_secs));

@@ -1,8 +1,10 @@
 //! Upstream providers. For now one: the Anthropic API (or anything speaking its wire), reached
 //! through a pooled HTTP/1.1 keep-alive client (rustls for `https://`). This crate owns the
-//! upstream credential: callers hand it filtered client headers and it adds the key, which never
-//! leaves this crate in a readable form (`Debug` redacts it, the header is marked sensitive).
+//! upstream credentials: callers hand it filtered client headers and it adds the key of the
+//! member (see [`pool`]) an attempt goes to, which never leaves this crate in a readable form
+//! (`Debug` redacts it, the header is marked sensitive; health shows member names only).
 
+pub mod pool;
 mod retry;
 
 use bytes::Bytes;
@@ -14,8 +16,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+pub use pool::{BreakerPolicy, MemberHealth, Outcome, Pool, Unavailable};
 pub use retry::{RetryPolicy, retry_after};
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 /// Why an upstream call produced no response.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +65,10 @@ pub struct UpstreamOptions {
     pub name: String,
     /// Base URL, e.g. `https://api.anthropic.com`.
     pub base_url: String,
-    /// The upstream API key, sent as `x-api-key`.
-    pub api_key: Secret,
+    /// The members (API keys) calls are spread over; at least one.
+    pub members: Vec<MemberOptions>,
+    /// When a member's circuit breaker opens and for how long.
+    pub breaker: BreakerPolicy,
     /// TCP/TLS connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for response headers.
@@ -74,6 +81,17 @@ pub struct UpstreamOptions {
     pub retry: RetryPolicy,
 }
 
+/// One member of an upstream's pool.
+#[derive(Debug, Clone)]
+pub struct MemberOptions {
+    /// Its name, shown in health and recorded on ledger rows (never the key).
+    pub name: String,
+    /// Its share of the traffic relative to the other members.
+    pub weight: u32,
+    /// Its API key, sent as `x-api-key`.
+    pub api_key: Secret,
+}
+
 /// The Anthropic API as an upstream.
 #[derive(Clone)]
 pub struct Upstream {
@@ -81,7 +99,10 @@ pub struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     base_path: String,
-    api_key: HeaderValue,
+    keys: Arc<[HeaderValue]>,
+    pool: Arc<Pool>,
+    /// Spreads [`Upstream::send`]'s picks (its callers have no random source of their own).
+    spread: Arc<std::sync::atomic::AtomicU64>,
     first_byte_timeout: Duration,
     name: String,
     retry: std::sync::Arc<RetryPolicy>,
@@ -114,9 +135,31 @@ impl Upstream {
             .cloned()
             .ok_or_else(|| UpstreamError::Config("base_url has no host".into()))?;
         let base_path = base.path().trim_end_matches('/').to_owned();
-        let mut api_key = HeaderValue::from_str(opts.api_key.expose())
-            .map_err(|_| UpstreamError::Config("api key is not a valid header value".into()))?;
-        api_key.set_sensitive(true);
+        if opts.members.is_empty() {
+            return Err(UpstreamError::Config("no upstream member".into()));
+        }
+        let keys = opts
+            .members
+            .iter()
+            .map(|m| {
+                let mut k = HeaderValue::from_str(m.api_key.expose()).map_err(|_| {
+                    UpstreamError::Config(format!(
+                        "the api key of member '{}' is not a valid header value",
+                        m.name
+                    ))
+                })?;
+                k.set_sensitive(true);
+                Ok(k)
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        let pool = Pool::new(
+            &opts
+                .members
+                .iter()
+                .map(|m| (m.name.clone(), m.weight))
+                .collect::<Vec<_>>(),
+            opts.breaker,
+        );
 
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -137,7 +180,9 @@ impl Upstream {
             scheme,
             authority,
             base_path,
-            api_key,
+            keys: keys.into(),
+            pool: Arc::new(pool),
+            spread: Arc::default(),
             first_byte_timeout: opts.first_byte_timeout,
             name: opts.name,
             retry: std::sync::Arc::new(opts.retry),
@@ -154,11 +199,60 @@ impl Upstream {
         &self.retry
     }
 
-    /// Send a request. `path_and_query` is the client's (e.g. `/v1/messages?beta=true`);
-    /// `headers` are the client's headers already stripped of its credentials and hop-by-hop
-    /// headers. The upstream key is added here.
+    /// Pick a member for an attempt (see [`Pool::pick`]); report its outcome with
+    /// [`Upstream::report`].
+    pub fn pick(&self, tried: &[usize], random: u64) -> Result<usize, Unavailable> {
+        self.pool.pick(Instant::now(), tried, random)
+    }
+
+    /// Whether a member not in `tried` is available now, and how long until any member is
+    /// (see [`Pool::ready`]).
+    pub fn ready(&self, tried: &[usize]) -> (bool, Option<Duration>) {
+        self.pool.ready(Instant::now(), tried)
+    }
+
+    /// Report how an attempt on `member` went.
+    pub fn report(&self, member: usize, outcome: Outcome) {
+        self.pool.report(member, outcome, Instant::now());
+    }
+
+    /// A member's name.
+    pub fn member_name(&self, member: usize) -> &str {
+        self.pool.name(member)
+    }
+
+    /// Every member's health now.
+    pub fn health(&self) -> Vec<MemberHealth> {
+        self.pool.health(Instant::now())
+    }
+
+    /// Send a request through some available member (the first one when none is: a caller
+    /// without retries, e.g. a batch poll, is better served by a try than by a refusal), and
+    /// report the outcome to it.
     pub async fn send(
         &self,
+        method: Method,
+        path_and_query: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let r = self
+            .spread
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let member = self.pick(&[], r).unwrap_or(0);
+        let result = self
+            .send_to(member, method, path_and_query, headers, body)
+            .await;
+        self.report(member, outcome_of(&result));
+        result
+    }
+
+    /// Send a request as `member`. `path_and_query` is the client's (e.g.
+    /// `/v1/messages?beta=true`); `headers` are the client's headers already stripped of its
+    /// credentials and hop-by-hop headers. The member's key is added here.
+    pub async fn send_to(
+        &self,
+        member: usize,
         method: Method,
         path_and_query: &str,
         mut headers: HeaderMap,
@@ -176,7 +270,11 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .map_err(|e| UpstreamError::Config(e.to_string()))?;
-        headers.insert(X_API_KEY.clone(), self.api_key.clone());
+        let key = self
+            .keys
+            .get(member)
+            .ok_or_else(|| UpstreamError::Config(format!("no upstream member {member}")))?;
+        headers.insert(X_API_KEY.clone(), key.clone());
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
@@ -186,6 +284,15 @@ impl Upstream {
             Ok(Err(e)) => Err(UpstreamError::Unreachable(describe(&e))),
             Err(_) => Err(UpstreamError::Timeout(self.first_byte_timeout)),
         }
+    }
+}
+
+/// The health outcome of an attempt's result.
+pub fn outcome_of(result: &Result<Response<Incoming>, UpstreamError>) -> Outcome {
+    match result {
+        Ok(r) => Outcome::of_status(r.status(), r.headers()),
+        Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => Outcome::Failure,
+        Err(UpstreamError::Config(_)) => Outcome::Neutral,
     }
 }
 
@@ -212,7 +319,12 @@ mod tests {
             retry: RetryPolicy::default(),
             name: "anthropic".into(),
             base_url: base.into(),
-            api_key: Secret::new("sk-ant-secret"),
+            members: vec![MemberOptions {
+                name: "default".into(),
+                weight: 1,
+                api_key: Secret::new("sk-ant-secret"),
+            }],
+            breaker: BreakerPolicy::default(),
             connect_timeout: Duration::from_millis(500),
             first_byte_timeout: Duration::from_millis(500),
             pool_max_idle_per_host: 8,

@@ -12,7 +12,9 @@ use sluice_limits::local::LocalBackend;
 use sluice_limits::redis::{RedisBackend, RedisOptions};
 use sluice_proxy::{AppState, KeyRing, Parts};
 use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
-use sluice_upstream::{RetryPolicy, Secret, Upstream, UpstreamOptions};
+use sluice_upstream::{
+    BreakerPolicy, MemberOptions, RetryPolicy, Secret, Upstream, UpstreamOptions,
+};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,49 @@ pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
             cfg.upstream.api_key_env
         ),
     }
+}
+
+/// The upstream's members with their keys: the `[[upstream.members]]` (each key from its
+/// `api_key`, else its `api_key_env` variable), or, when none is declared, one member named
+/// `anthropic` holding `default_key` (else the key [`upstream_key`] resolves).
+pub fn upstream_members(
+    cfg: &Config,
+    default_key: Option<Secret>,
+) -> anyhow::Result<Vec<MemberOptions>> {
+    if cfg.upstream.members.is_empty() {
+        let api_key = match default_key {
+            Some(k) => k,
+            None => upstream_key(cfg)?,
+        };
+        return Ok(vec![MemberOptions {
+            name: "anthropic".into(),
+            weight: 1,
+            api_key,
+        }]);
+    }
+    cfg.upstream
+        .members
+        .iter()
+        .map(|m| {
+            let api_key = match (&m.api_key, &m.api_key_env) {
+                (Some(k), _) => Secret::new(k.clone()),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(k) if !k.is_empty() => Secret::new(k),
+                    _ => anyhow::bail!(
+                        "no API key for upstream member '{}': set {var} (or its api_key in the config)",
+                        m.name
+                    ),
+                },
+                // Validation refuses a member without either; say so rather than panic.
+                (None, None) => anyhow::bail!("upstream member '{}' has no key", m.name),
+            };
+            Ok(MemberOptions {
+                name: m.name.clone(),
+                weight: m.weight,
+                api_key,
+            })
+        })
+        .collect()
 }
 
 /// The limiter of `cfg`'s backend, with every tenant's spend so far this day and month read
@@ -90,11 +135,18 @@ impl Running {
     }
 }
 
-/// Start the gateway on `listener` in a background task.
-pub async fn start(cfg: Config, key: Secret, listener: TcpListener) -> anyhow::Result<Running> {
+/// Start the gateway on `listener` in a background task. `key` is the single member's key when
+/// no `[[upstream.members]]` are declared (see [`upstream_members`]).
+pub async fn start(
+    cfg: Config,
+    key: impl Into<Option<Secret>>,
+    listener: TcpListener,
+) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
+    // A missing member key is a startup error, not one found at shutdown.
+    let members = upstream_members(&cfg, key.into())?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(run(cfg, key, listener, async move {
+    let task = tokio::spawn(serve(cfg, members, listener, async move {
         let _ = rx.await;
     }));
     Ok(Running {
@@ -104,10 +156,20 @@ pub async fn start(cfg: Config, key: Secret, listener: TcpListener) -> anyhow::R
     })
 }
 
-/// Run the gateway until `shutdown` resolves, then drain and flush.
+/// Run the gateway until `shutdown` resolves, then drain and flush. `key` as in [`start`].
 pub async fn run(
     cfg: Config,
-    key: Secret,
+    key: impl Into<Option<Secret>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let members = upstream_members(&cfg, key.into())?;
+    serve(cfg, members, listener, shutdown).await
+}
+
+async fn serve(
+    cfg: Config,
+    members: Vec<MemberOptions>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -139,7 +201,11 @@ pub async fn run(
     let upstream = Upstream::new(UpstreamOptions {
         name: "anthropic".into(),
         base_url: cfg.upstream.base_url.clone(),
-        api_key: key,
+        members,
+        breaker: BreakerPolicy {
+            failures: cfg.upstream.breaker_failures,
+            open_for: Duration::from_millis(cfg.upstream.breaker_open_ms),
+        },
         connect_timeout: Duration::from_millis(cfg.upstream.connect_timeout_ms),
         first_byte_timeout: Duration::from_millis(cfg.upstream.first_byte_timeout_ms),
         pool_max_idle_per_host: cfg.upstream.pool_max_idle_per_host,

@@ -53,7 +53,13 @@ async fn serve(cli: &Cli, args: &cli::ServeArgs) -> anyhow::Result<()> {
         cfg.server.listen.clone_from(l);
     }
     let _guard = sluice::logging::init(&cfg.log.format, &cfg.log.level);
-    let key = gateway::upstream_key(&cfg)?;
+    // Resolved before listening, so a missing key is reported at once, naming its variable.
+    let key = if cfg.upstream.members.is_empty() {
+        Some(gateway::upstream_key(&cfg)?)
+    } else {
+        gateway::upstream_members(&cfg, None)?;
+        None
+    };
     let listener = TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;

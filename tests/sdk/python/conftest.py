@@ -124,6 +124,9 @@ listen = "127.0.0.1:{gw_port}"
 
 [upstream]
 base_url = "http://127.0.0.1:{mock_port}"
+# These suites inject upstream errors per request; the breaker (tested in Rust) stays out of it.
+breaker_failures = 1000
+retry_base_ms = 10
 
 [store]
 path = "{workdir / 'sluice.db'}"
