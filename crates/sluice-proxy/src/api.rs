@@ -297,10 +297,26 @@ impl Call {
 }
 
 /// A random number for backoff jitter (the quality only has to spread retries apart).
+/// A random number for member selection and backoff jitter. Called on every attempt, so not a
+/// syscall: a per-thread xorshift64* seeded once from the OS (the quality only has to spread
+/// choices and retries apart).
 fn jitter() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut b = [0u8; 8];
+            let _ = getrandom::fill(&mut b);
+            u64::from_le_bytes(b) | 1
+        });
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
 }
 
 /// `x-sluice-feature`: optional, bounded, and of a charset safe for logs and labels.
