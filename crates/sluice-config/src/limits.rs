@@ -32,20 +32,6 @@ impl LimitSet {
             && self.output_tokens_per_minute.is_none()
     }
 
-    /// Every dimension scaled by `share` (0..=1], rounded down but never below 1. Used for
-    /// the local fallback when the shared limiter is unreachable.
-    pub fn scaled(&self, share: f64) -> LimitSet {
-        let s = |v: Option<u64>| v.map(|n| ((n as f64 * share) as u64).max(1));
-        LimitSet {
-            requests_per_minute: s(self.requests_per_minute),
-            input_tokens_per_minute: s(self.input_tokens_per_minute),
-            output_tokens_per_minute: s(self.output_tokens_per_minute),
-            requests_burst: s(self.requests_burst),
-            input_tokens_burst: s(self.input_tokens_burst),
-            output_tokens_burst: s(self.output_tokens_burst),
-        }
-    }
-
     /// Each set dimension of `other` replaces this one's.
     pub fn overlay(&self, other: &LimitSet) -> LimitSet {
         LimitSet {

@@ -150,13 +150,6 @@ pub struct BudgetCheck {
     pub monthly_micros: Option<u64>,
 }
 
-impl BudgetCheck {
-    /// True when there is a budget to check.
-    pub fn is_active(&self) -> bool {
-        self.daily_micros.is_some() || self.monthly_micros.is_some()
-    }
-}
-
 /// One admission: every scope, the demand, the budget.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmitRequest {

@@ -79,17 +79,13 @@ pub struct Buckets {
 }
 
 impl Buckets {
-    fn get_mut(&mut self, d: Dimension) -> Option<&mut Bucket> {
+    /// The bucket of dimension `d`, if limited, for changing.
+    pub fn get_mut(&mut self, d: Dimension) -> Option<&mut Bucket> {
         match d {
             Dimension::Requests => self.requests.as_mut(),
             Dimension::InputTokens => self.input_tokens.as_mut(),
             Dimension::OutputTokens => self.output_tokens.as_mut(),
         }
-    }
-
-    /// The bucket of dimension `d`, if limited, for changing.
-    pub fn get_mut_dim(&mut self, d: Dimension) -> Option<&mut Bucket> {
-        self.get_mut(d)
     }
 
     /// The bucket of dimension `d`, if limited.

@@ -91,9 +91,9 @@ impl Policy {
         } else {
             Vec::new()
         };
-        let other: Arc<str> = Arc::from("other");
+        let other: Arc<str> = Arc::from(crate::presets::OTHER_CLASS);
         let known = |name: &str| -> Result<Arc<str>, LimitsError> {
-            if name == "other" {
+            if name == crate::presets::OTHER_CLASS {
                 return Ok(other.clone());
             }
             class_names
@@ -220,11 +220,6 @@ impl Policy {
     /// The price table in force.
     pub fn prices(&self) -> &Arc<PriceTable> {
         &self.prices
-    }
-
-    /// The organisation pool of every limited class (for metrics and the admin view).
-    pub fn org_scopes(&self) -> impl Iterator<Item = &Scope> {
-        self.org.values()
     }
 }
 
@@ -424,7 +419,7 @@ impl Permit {
     }
 
     /// The model class.
-    pub fn class(&self) -> &str {
+    pub fn class(&self) -> &Arc<str> {
         &self.class
     }
 
@@ -581,18 +576,18 @@ impl Limiter {
         }
     }
 
-    /// The upstream reported what remains of the org pool of `model`'s class (per dimension):
+    /// The upstream reported what remains of the org pool of `class` (the permit's, so the
+    /// model is not classified twice per call), per dimension:
     /// never believe there is more room than that. Sampled: at most one observation per class
     /// per [`OBSERVE_EVERY_US`], because every reply carries these headers and the pool only
     /// needs correcting when it drifts, not a write to the backend per call.
     pub fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
         &self,
         cfg: &Arc<Config>,
-        model: &str,
+        class: &Arc<str>,
         remaining: impl FnOnce() -> I,
     ) {
         let policy = self.policy(cfg);
-        let class = policy.class_of(model);
         let (Some(scope), Some(last)) = (policy.org.get(class), policy.observed.get(class)) else {
             return;
         };
@@ -885,12 +880,6 @@ impl Limiter {
             }
             Backend::Redis(_) => TenantView::default(),
         }
-    }
-
-    /// The queue depth of every class with waiters (for metrics).
-    pub fn queue_depths(&self) -> Vec<(Arc<str>, usize)> {
-        let q = self.0.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        q.iter().map(|(c, q)| (c.clone(), q.len())).collect()
     }
 }
 

@@ -249,7 +249,7 @@ impl LocalBackend {
             return;
         };
         scope.rates.apply_to(b, now_us);
-        if let Some(bucket) = b.get_mut_dim(d) {
+        if let Some(bucket) = b.get_mut(d) {
             bucket.refill(now_us);
             bucket.lower_to(i64::try_from(remaining).unwrap_or(i64::MAX));
         }
@@ -279,7 +279,7 @@ fn spend_entry<'a>(shard: &'a mut Shard, tenant: &Arc<str>) -> &'a mut Spend {
 
 fn refill_all(b: &mut Buckets, now_us: u64) {
     for d in Dimension::ALL {
-        if let Some(x) = b.get_mut_dim(d) {
+        if let Some(x) = b.get_mut(d) {
             x.refill(now_us);
         }
     }

@@ -158,19 +158,19 @@ impl Presets {
     }
 }
 
-/// The name of the first class in `classes` that `model` matches, else [`OTHER_CLASS`].
-pub fn class_of<'a>(classes: &'a [ModelClass], model: &str) -> &'a str {
-    classes
-        .iter()
-        .find(|c| c.matches(model))
-        .map_or(OTHER_CLASS, |c| c.name.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    /// The class a model lands in (the same first-match rule as the limiter's policy).
+    fn class_of<'a>(classes: &'a [ModelClass], model: &str) -> &'a str {
+        classes
+            .iter()
+            .find(|c| c.matches(model))
+            .map_or(OTHER_CLASS, |c| c.name.as_str())
+    }
 
     const CURRENT: [&str; 3] = ["start", "build", "scale"];
     const LEGACY: [&str; 4] = ["tier1", "tier2", "tier3", "tier4"];

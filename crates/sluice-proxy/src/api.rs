@@ -407,6 +407,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     // Token counting is free upstream and limited separately there; only Messages calls are
     // charged to buckets and budgets.
     let mut view = None;
+    let mut class = None;
     if endpoint == "messages" {
         let info = CallInfo {
             tenant: &call.tenant,
@@ -424,12 +425,15 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
                 .map_err(GatewayError::Limited)
         );
         view = Some(*permit.view());
+        class = Some(permit.class().clone());
         call.rec.set_permit(permit);
     }
     let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
-    s.limiter().observe_upstream(&call.cfg, &info.model, || {
-        headers::upstream_remaining(resp.headers())
-    });
+    if let Some(class) = &class {
+        s.limiter().observe_upstream(&call.cfg, class, || {
+            headers::upstream_remaining(resp.headers())
+        });
+    }
     let status = resp.status();
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
