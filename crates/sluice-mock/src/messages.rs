@@ -111,7 +111,11 @@ const MARKER: &[u8] = b"\"cache_control\"";
 /// those raw bytes. Whether it was seen before is keyed on a normalised form (model, then
 /// `tools`, `system`, `messages` in the upstream's cache order, up to the last marker), so that a
 /// change in `stream`, `max_tokens` or key order does not look like a new prefix, as upstream.
-pub(crate) fn input_usage(state: &State, body: &[u8], model: &str) -> Usage {
+///
+/// The cache is per `scope`: the upstream's prompt cache belongs to one organisation (one key,
+/// one cloud account), so a prefix cached under one key is a miss under another. Cache-affinity
+/// routing is measured against exactly this.
+pub(crate) fn input_usage(state: &State, scope: &str, body: &[u8], model: &str) -> Usage {
     let total = input_estimate(body);
     let Some(pos) = memchr::memmem::rfind(body, MARKER) else {
         return Usage {
@@ -126,7 +130,7 @@ pub(crate) fn input_usage(state: &State, body: &[u8], model: &str) -> Usage {
         input: total.saturating_sub(cached).max(1),
         ..Usage::default()
     };
-    if state.cache_seen(prefix_key(body, pos, model)) {
+    if state.cache_seen(prefix_key(scope, body, pos, model)) {
         usage.cache_read = cached;
     } else if one_hour {
         usage.cache_creation_1h = cached;
@@ -136,8 +140,9 @@ pub(crate) fn input_usage(state: &State, body: &[u8], model: &str) -> Usage {
     usage
 }
 
-fn prefix_key(body: &[u8], raw_pos: usize, model: &str) -> u64 {
+fn prefix_key(scope: &str, body: &[u8], raw_pos: usize, model: &str) -> u64 {
     let mut h = DefaultHasher::new();
+    scope.hash(&mut h);
     model.hash(&mut h);
     let canonical = serde_json::from_slice::<serde_json::Value>(body)
         .ok()

@@ -315,7 +315,10 @@ fn dispatch(
             .map_or_else(|| state.local_addr.to_string(), str::to_owned)
     };
     let result = match route {
-        Route::Messages => return messages(state, body, faults, request_id),
+        Route::Messages => {
+            let scope = presented_key(headers).unwrap_or_default();
+            return messages(state, scope, body, faults, request_id);
+        }
         Route::CountTokens => validate(body, false)
             .map(|_| Reply::Json(200, render_count(input_estimate(body))))
             .map_err(ApiError::invalid),
@@ -360,7 +363,13 @@ fn authorized(headers: &HeaderMap, expected: &str) -> bool {
     api_key == Some(expected.as_bytes()) || bearer == Some(expected.as_bytes())
 }
 
-fn messages(state: &Arc<State>, body: &Bytes, faults: &Faults, request_id: &str) -> Reply {
+fn messages(
+    state: &Arc<State>,
+    scope: &str,
+    body: &Bytes,
+    faults: &Faults,
+    request_id: &str,
+) -> Reply {
     let req = match validate(body, true) {
         Ok(req) => req,
         Err(message) => return error_reply(&ApiError::invalid(message), request_id),
@@ -368,7 +377,7 @@ fn messages(state: &Arc<State>, body: &Bytes, faults: &Faults, request_id: &str)
     if faults.hang && !req.stream {
         return Reply::Hang;
     }
-    let mut usage = input_usage(state, body, &req.model);
+    let mut usage = input_usage(state, scope, body, &req.model);
     let (output, capped) = output_tokens(
         faults.output_tokens.or(state.opts.output_tokens),
         body.len(),
