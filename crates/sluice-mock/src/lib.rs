@@ -30,11 +30,13 @@
 //! [`MockOptions::key_status`] and [`MockHandle::set_key_status`].
 
 mod batches;
+mod bedrock;
 mod body;
 mod messages;
 mod models;
 mod router;
 mod state;
+mod vertex;
 mod wire;
 
 use std::future::Future;
@@ -82,6 +84,12 @@ pub struct MockOptions {
     /// How long a batch stays `in_progress`: it ends when fetched at least this long after its
     /// creation. Zero (the default) ends it on the first fetch after the create call.
     pub batch_processing: Duration,
+    /// AWS credentials `(access key id, secret access key)` of the Bedrock endpoints: when set,
+    /// a Bedrock request's SigV4 signature must verify against them, else 403.
+    pub aws_credentials: Option<(String, String)>,
+    /// The Vertex token endpoint verifies service-account JWT assertions against this RSA
+    /// public key (DER `RSAPublicKey`) when set; it always checks their claims.
+    pub gcp_public_key_der: Option<Vec<u8>>,
 }
 
 impl Default for MockOptions {
@@ -97,6 +105,8 @@ impl Default for MockOptions {
             record: false,
             output_tokens: None,
             batch_processing: Duration::ZERO,
+            aws_credentials: None,
+            gcp_public_key_der: None,
         }
     }
 }

@@ -81,19 +81,19 @@ fn route<'a>(method: &Method, path: &'a str) -> Route<'a> {
 
 /// The `x-mock-*` request headers.
 #[derive(Debug, Default)]
-struct Faults {
-    status: Option<u16>,
-    latency: Duration,
-    event_interval: Option<Duration>,
-    error_after: Option<usize>,
-    drop_after: Option<usize>,
-    output_tokens: Option<u64>,
+pub(crate) struct Faults {
+    pub(crate) status: Option<u16>,
+    pub(crate) latency: Duration,
+    pub(crate) event_interval: Option<Duration>,
+    pub(crate) error_after: Option<usize>,
+    pub(crate) drop_after: Option<usize>,
+    pub(crate) output_tokens: Option<u64>,
     /// Apply `status` (default 529) only to the first N requests with this body.
-    fail_first: Option<u64>,
-    hang: bool,
+    pub(crate) fail_first: Option<u64>,
+    pub(crate) hang: bool,
 }
 
-fn parse_faults(headers: &HeaderMap) -> Result<Faults, ApiError> {
+pub(crate) fn parse_faults(headers: &HeaderMap) -> Result<Faults, ApiError> {
     let mut f = Faults::default();
     for (name, value) in headers {
         let Some(knob) = name.as_str().strip_prefix("x-mock-") else {
@@ -221,6 +221,14 @@ pub(crate) async fn handle(
         });
     }
 
+    // Claude on other clouds: the same model behind AWS Bedrock's and Google Vertex AI's wire.
+    if let Some(reply) = crate::bedrock::handle(&state, &parts, &body, &request_id).await {
+        return reply;
+    }
+    if let Some(reply) = crate::vertex::handle(&state, &parts, &body, &request_id).await {
+        return reply;
+    }
+
     let mut guard = PendingGuard {
         state: &state,
         armed: route == Route::Messages,
@@ -342,7 +350,7 @@ fn dispatch(
 }
 
 /// The key a request presents, as `x-api-key` or `Authorization: Bearer`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())

@@ -134,6 +134,8 @@ pub(crate) struct State {
     by_key: Mutex<BTreeMap<String, u64>>,
     /// Keyed by the batch counter, so the list order (newest first) is the reverse key order.
     pub(crate) batches: Mutex<BTreeMap<u64, Batch>>,
+    /// Access tokens the Vertex token endpoint issued (see `vertex.rs`).
+    pub(crate) vertex_tokens: Mutex<HashSet<String>>,
 }
 
 /// Locks, ignoring poisoning: every critical section leaves the data consistent.
@@ -157,6 +159,7 @@ impl State {
             key_status: Mutex::new(key_status),
             by_key: Mutex::new(BTreeMap::new()),
             batches: Mutex::new(BTreeMap::new()),
+            vertex_tokens: Mutex::new(HashSet::new()),
         }
     }
 

@@ -4,8 +4,10 @@
 //! member (see [`pool`]) an attempt goes to, which never leaves this crate in a readable form
 //! (`Debug` redacts it, the header is marked sensitive; health shows member names only).
 
+pub mod bedrock;
 pub mod pool;
 mod retry;
+pub mod vertex;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
