@@ -11,7 +11,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use sluice_anthropic::{MessageRequest, WireError, parse_message_request, parse_message_response};
+use sluice_anthropic::{
+    MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,
+    parse_message_response, with_model,
+};
 
 /// What the request parser should say, computed from a full parse.
 fn expected(v: &Value) -> Result<MessageRequest, WireError> {
@@ -42,13 +45,17 @@ fn expected(v: &Value) -> Result<MessageRequest, WireError> {
         model,
         max_tokens,
         stream,
+        spans: Spans::default(),
     })
 }
 
 /// Errors compared without their free text.
 fn shape(r: &Result<MessageRequest, WireError>) -> Result<MessageRequest, WireError> {
     match r {
-        Ok(m) => Ok(m.clone()),
+        Ok(m) => Ok(MessageRequest {
+            spans: Spans::default(),
+            ..m.clone()
+        }),
         Err(WireError::MalformedJson(_)) => Err(WireError::MalformedJson(String::new())),
         Err(WireError::NotAnObject) => Err(WireError::NotAnObject),
         Err(WireError::MissingModel) => Err(WireError::MissingModel),
@@ -62,6 +69,23 @@ fn shape(r: &Result<MessageRequest, WireError>) -> Result<MessageRequest, WireEr
 fuzz_target!(|data: &[u8]| {
     let got = parse_message_request(data);
     let _ = parse_message_response(data);
+
+    // Spans lie inside the body, the model's span is exactly its string token, and replacing
+    // the model yields a body whose model is the new one.
+    if let Ok(m) = &got {
+        let _ = cache_affinity_key(data, m);
+        for r in [&m.spans.tools, &m.spans.system, &m.spans.first_message].into_iter().flatten() {
+            assert!(data.get(r.clone()).is_some(), "span {r:?} outside the body");
+        }
+        if let Some(r) = &m.spans.model {
+            let token: String = serde_json::from_slice(&data[r.clone()]).unwrap();
+            assert_eq!(token, m.model);
+        }
+        // `None` only where a full parse refuses what the partial one skipped (see above).
+        if let Some(swapped) = with_model(data, m, "fuzz-model") {
+            assert_eq!(parse_message_request(&swapped).unwrap().model, "fuzz-model");
+        }
+    }
 
     match (&got, serde_json::from_slice::<Value>(data)) {
         (Err(WireError::MalformedJson(_)), Err(_)) => {}

@@ -10,6 +10,8 @@ pub mod sse;
 mod wire;
 
 pub use error::{error_body, error_type, sse_error_event};
-pub use request::{MessageRequest, WireError, parse_message_request};
+pub use request::{
+    MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request, with_model,
+};
 pub use response::{MessageSummary, parse_message_response};
 pub use sse::{SseTap, StreamError, StreamSummary};

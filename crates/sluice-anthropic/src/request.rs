@@ -5,9 +5,12 @@
 //! visitors.
 
 use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::marker::PhantomData;
+use std::ops::Range;
 
 /// Why a request body was refused before it reached the upstream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +43,24 @@ pub struct MessageRequest {
     pub max_tokens: Option<u64>,
     /// `stream: true`.
     pub stream: bool,
+    /// Where parts of the body are, for routing and rewriting without a second parse.
+    pub spans: Spans,
+}
+
+/// Byte ranges of top-level parts of a Messages body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spans {
+    /// The `model` value's JSON string token, quotes included (`None` when it holds escapes:
+    /// then only a full rewrite can replace it).
+    pub model: Option<Range<usize>>,
+    /// The `tools` value.
+    pub tools: Option<Range<usize>>,
+    /// The `system` value.
+    pub system: Option<Range<usize>>,
+    /// The first element of `messages`.
+    pub first_message: Option<Range<usize>>,
+    /// A top-level `cache_control` (automatic prompt caching) is present.
+    pub cache_control: bool,
 }
 
 /// Parse just enough of a Messages body; unknown fields are skipped without being built.
@@ -74,10 +95,16 @@ pub fn parse_message_request(body: &[u8]) -> Result<MessageRequest, WireError> {
         // might not (first wins here, last wins in many parsers), so neither is trusted.
         return Err(invalid(field, "must not be repeated"));
     }
+    let mut model_span = None;
     let model = match fields.model {
         None | Some(Val::Null) => return Err(WireError::MissingModel),
         Some(Val::Str(s)) if s.is_empty() => return Err(invalid("model", "must not be empty")),
-        Some(Val::Str(s)) => s.into_owned(),
+        Some(Val::Str(s)) => {
+            if let Cow::Borrowed(b) = &s {
+                model_span = Some((b.as_ptr() as usize, b.len()));
+            }
+            s.into_owned()
+        }
         Some(other) => return Err(invalid_kind("model", "must be a string", &other)),
     };
     let max_tokens = match fields.max_tokens {
@@ -96,11 +123,84 @@ pub fn parse_message_request(body: &[u8]) -> Result<MessageRequest, WireError> {
         Some(Val::Bool(b)) => b,
         Some(other) => return Err(invalid_kind("stream", "must be a boolean", &other)),
     };
+    let base = text.as_ptr() as usize;
+    let span = |r: &RawValue| {
+        let start = r.get().as_ptr() as usize - base;
+        start..start + r.get().len()
+    };
+    let spans = Spans {
+        model: model_span.map(|(p, len)| {
+            // The token's quotes sit just outside the borrowed contents.
+            let start = p - base - 1;
+            start..start + len + 2
+        }),
+        tools: fields.tools.map(span),
+        system: fields.system.map(span),
+        first_message: fields.first_message.map(span),
+        cache_control: fields.cache_control,
+    };
     Ok(MessageRequest {
         model,
         max_tokens,
         stream,
+        spans,
     })
+}
+
+const CACHE_MARKER: &[u8] = b"\"cache_control\"";
+
+/// The key that keeps calls sharing a cacheable prefix on one upstream member (the upstream's
+/// prompt cache is per organisation, so a prefix cached under one key is a miss under another).
+///
+/// The prefix is what stays the same across a conversation's turns and across the conversations
+/// of one application: the model, `tools` and `system`, up to the last `cache_control`
+/// breakpoint within them. When the only breakpoints are in `messages` (or caching is automatic,
+/// a top-level `cache_control`), the conversation's first message is added, so one
+/// conversation keeps to one member. A body without any breakpoint has no key: nothing of it is
+/// cached, and it is spread by weight.
+pub fn cache_affinity_key(body: &[u8], req: &MessageRequest) -> Option<u64> {
+    let part = |r: &Option<Range<usize>>| r.clone().and_then(|r| body.get(r)).unwrap_or(&[]);
+    let (tools, system) = (part(&req.spans.tools), part(&req.spans.system));
+    let rfind = |h: &[u8]| memchr::memmem::rfind(h, CACHE_MARKER);
+    // Fixed SipHash keys: every replica routes a prefix alike.
+    let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
+    h.write(req.model.as_bytes());
+    h.write_u8(0xff);
+    if let Some(pos) = rfind(system) {
+        h.write(tools);
+        h.write_u8(0xff);
+        h.write(&system[..pos]);
+    } else if let Some(pos) = rfind(tools) {
+        h.write(&tools[..pos]);
+    } else if req.spans.cache_control || memchr::memmem::find(body, CACHE_MARKER).is_some() {
+        h.write(tools);
+        h.write_u8(0xff);
+        h.write(system);
+        h.write_u8(0xff);
+        h.write(part(&req.spans.first_message));
+    } else {
+        return None;
+    }
+    Some(h.finish())
+}
+
+/// `body` with its `model` replaced by `model` (a fallback step to another model). The bytes
+/// around the value are kept as they are; only a model string with escapes in it forces a
+/// rewrite of the whole body (`None` if the body is not a JSON object).
+pub fn with_model(body: &[u8], req: &MessageRequest, model: &str) -> Option<Vec<u8>> {
+    let token = serde_json::to_string(model).ok()?;
+    if let Some(r) = req.spans.model.clone()
+        && r.end <= body.len()
+    {
+        let mut out = Vec::with_capacity(body.len() + token.len());
+        out.extend_from_slice(&body[..r.start]);
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(&body[r.end..]);
+        return Some(out);
+    }
+    let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    v.insert("model".into(), serde_json::Value::String(model.to_owned()));
+    serde_json::to_vec(&v).ok()
 }
 
 fn invalid(field: &'static str, reason: &str) -> WireError {
@@ -128,6 +228,10 @@ struct Fields<'a> {
     model: Option<Val<'a>>,
     max_tokens: Option<Val<'a>>,
     stream: Option<Val<'a>>,
+    tools: Option<&'a RawValue>,
+    system: Option<&'a RawValue>,
+    first_message: Option<&'a RawValue>,
+    cache_control: bool,
     /// The first policy field seen twice.
     duplicate: Option<&'static str>,
 }
@@ -164,6 +268,10 @@ enum Key {
     Model,
     MaxTokens,
     Stream,
+    Tools,
+    System,
+    Messages,
+    CacheControl,
     Other,
 }
 
@@ -181,6 +289,10 @@ impl<'de> Deserialize<'de> for Key {
                     "model" => Key::Model,
                     "max_tokens" => Key::MaxTokens,
                     "stream" => Key::Stream,
+                    "tools" => Key::Tools,
+                    "system" => Key::System,
+                    "messages" => Key::Messages,
+                    "cache_control" => Key::CacheControl,
                     _ => Key::Other,
                 })
             }
@@ -234,6 +346,49 @@ impl<'de: 'a, 'a> Deserialize<'de> for Val<'a> {
     }
 }
 
+/// The first element of an array, raw; anything else has none.
+struct FirstElement<'a>(Option<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstElement<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = FirstElement<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<&'a RawValue>()?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstElement(first))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(FirstElement(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(FirstElement(None))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(PhantomData<&'a ()>);
@@ -249,6 +404,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Top<'a> {
                         Key::Model => (&mut f.model, "model"),
                         Key::MaxTokens => (&mut f.max_tokens, "max_tokens"),
                         Key::Stream => (&mut f.stream, "stream"),
+                        // Where these are is routing's business; the upstream judges them.
+                        Key::Tools => {
+                            f.tools = Some(map.next_value::<&'a RawValue>()?);
+                            continue;
+                        }
+                        Key::System => {
+                            f.system = Some(map.next_value::<&'a RawValue>()?);
+                            continue;
+                        }
+                        Key::Messages => {
+                            f.first_message = map.next_value::<FirstElement<'a>>()?.0;
+                            continue;
+                        }
+                        Key::CacheControl => {
+                            f.cache_control = !matches!(map.next_value::<Val<'a>>()?, Val::Null);
+                            continue;
+                        }
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -324,7 +496,8 @@ mod tests {
             MessageRequest {
                 model: "claude-sonnet-4-5".into(),
                 max_tokens: Some(1024),
-                stream: true
+                stream: true,
+                spans: r.spans.clone(),
             }
         );
     }
@@ -519,5 +692,80 @@ mod tests {
             err(br#"{"model":""}"#).to_string(),
             "model: must not be empty"
         );
+    }
+
+    fn key(body: &str) -> Option<u64> {
+        cache_affinity_key(body.as_bytes(), &ok(body))
+    }
+
+    #[test]
+    fn spans_point_at_the_raw_parts() {
+        let body = r#"{"model" : "claude-x","system":[{"type":"text","text":"S"}],
+            "tools":[{"name":"t"}],"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"}]}"#;
+        let r = ok(body);
+        let at = |s: &Option<Range<usize>>| &body[s.clone().unwrap()];
+        assert_eq!(at(&r.spans.model), r#""claude-x""#);
+        assert_eq!(at(&r.spans.system), r#"[{"type":"text","text":"S"}]"#);
+        assert_eq!(at(&r.spans.tools), r#"[{"name":"t"}]"#);
+        assert_eq!(
+            at(&r.spans.first_message),
+            r#"{"role":"user","content":"a"}"#
+        );
+        assert!(!r.spans.cache_control);
+        // An escaped model has no span to splice.
+        assert_eq!(ok(r#"{"model":"claude\u002dx"}"#).spans.model, None);
+        assert!(
+            ok(r#"{"model":"m","cache_control":{"type":"ephemeral"}}"#)
+                .spans
+                .cache_control
+        );
+    }
+
+    #[test]
+    fn affinity_follows_the_cached_prefix_only() {
+        let sys = |tail: &str, msg: &str| {
+            format!(
+                r#"{{"model":"m","max_tokens":5,"system":[{{"type":"text","text":"long shared prompt","cache_control":{{"type":"ephemeral"}}}},{{"type":"text","text":"{tail}"}}],"messages":[{{"role":"user","content":"{msg}"}}]}}"#
+            )
+        };
+        // What follows the last breakpoint, and the conversation, do not move the key.
+        assert_eq!(key(&sys("a", "x")), key(&sys("b", "y")));
+        assert!(key(&sys("a", "x")).is_some());
+        // Another model or another prompt does.
+        assert_ne!(
+            key(&sys("a", "x")),
+            key(&sys("a", "x").replace(r#""m""#, r#""n""#))
+        );
+        assert_ne!(
+            key(&sys("a", "x")),
+            key(&sys("a", "x").replace("long shared", "other"))
+        );
+        // Breakpoints only in messages: one key per conversation (its first message).
+        let conv = |first: &str, last: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"{first}"}},{{"role":"user","content":[{{"type":"text","text":"{last}","cache_control":{{"type":"ephemeral"}}}}]}}]}}"#
+            )
+        };
+        assert_eq!(key(&conv("hello", "1")), key(&conv("hello", "2")));
+        assert_ne!(key(&conv("hello", "1")), key(&conv("bye", "1")));
+        // No breakpoint: nothing cached, no key.
+        assert_eq!(key(r#"{"model":"m","system":"s","messages":[]}"#), None);
+        // Automatic caching counts as a breakpoint.
+        assert!(
+            key(r#"{"model":"m","cache_control":{"type":"ephemeral"},"messages":[]}"#).is_some()
+        );
+    }
+
+    #[test]
+    fn with_model_splices_only_the_model() {
+        let body = r#"{ "max_tokens": 5, "model":  "claude-a" ,"messages":[]}"#;
+        let out = with_model(body.as_bytes(), &ok(body), "claude-b").unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "max_tokens": 5, "model":  "claude-b" ,"messages":[]}"#
+        );
+        let escaped = r#"{"model":"claude\u002da","messages":[]}"#;
+        let out = with_model(escaped.as_bytes(), &ok(escaped), "claude-b").unwrap();
+        assert_eq!(ok(std::str::from_utf8(&out).unwrap()).model, "claude-b");
     }
 }
