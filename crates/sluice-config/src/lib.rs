@@ -16,8 +16,8 @@ pub use limits::{
 pub use prices::{PriceEntry, PriceTier};
 
 pub use schema::{
-    AuthConfig, Config, LogConfig, ServerConfig, StoreConfig, TenantConfig, UpstreamConfig,
-    UpstreamMember,
+    AuthConfig, Config, Fallback, FallbackStep, LogConfig, Provider, ServerConfig, StoreConfig,
+    TenantConfig, UpstreamConfig, UpstreamMember,
 };
 
 use arc_swap::ArcSwap;
@@ -102,27 +102,134 @@ impl Config {
             if !seen.insert(m.name.as_str()) {
                 return bad(format!("upstream member {:?} is declared twice", m.name));
             }
-            if m.weight == 0 || m.weight > 1000 {
+            if m.weight > 1000 {
                 return bad(format!(
-                    "upstream member {:?}: weight must be between 1 and 1000",
+                    "upstream member {:?}: weight must be between 0 (standby) and 1000",
                     m.name
                 ));
             }
-            match (&m.api_key_env, &m.api_key) {
-                (None, None) => {
-                    return bad(format!(
-                        "upstream member {:?} has no key: set api_key_env (or api_key)",
-                        m.name
-                    ));
-                }
-                (Some(_), Some(_)) => {
-                    return bad(format!(
-                        "upstream member {:?}: set api_key_env or api_key, not both",
-                        m.name
-                    ));
-                }
-                _ => {}
+            if let Some(url) = &m.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return bad(format!(
+                    "upstream member {:?}: base_url {url:?} must start with http:// or https://",
+                    m.name
+                ));
             }
+            Self::validate_provider(m)?;
+        }
+        if !u.members.is_empty() && u.members.iter().all(|m| m.weight == 0) {
+            return bad("upstream.members: every member is a standby (weight 0); give at least one a weight".into());
+        }
+        if !(1.0..=100.0).contains(&u.affinity_load_factor) {
+            return bad("upstream.affinity_load_factor must be between 1.0 and 100.0".into());
+        }
+        let mut chains = std::collections::HashSet::new();
+        for f in &u.fallbacks {
+            if !chains.insert(f.model.as_str()) {
+                return bad(format!(
+                    "upstream.fallbacks: model {:?} has two chains",
+                    f.model
+                ));
+            }
+            if f.then.is_empty() {
+                return bad(format!(
+                    "upstream.fallbacks: the chain of {:?} has no step",
+                    f.model
+                ));
+            }
+            for step in &f.then {
+                if step.model.is_none() && step.provider.is_none() && step.member.is_none() {
+                    return bad(format!(
+                        "upstream.fallbacks: a step of {:?} sets none of model, provider, member",
+                        f.model
+                    ));
+                }
+                if let Some(name) = &step.member
+                    && !u.members.iter().any(|m| &m.name == name)
+                {
+                    return bad(format!(
+                        "upstream.fallbacks: a step of {:?} names member {name:?}, which is not in upstream.members",
+                        f.model
+                    ));
+                }
+                if let Some(p) = step.provider
+                    && p != Provider::Anthropic
+                    && !u.members.iter().any(|m| m.provider == p)
+                {
+                    return bad(format!(
+                        "upstream.fallbacks: a step of {:?} names provider {:?}, which no member has",
+                        f.model,
+                        p.as_str()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fields each provider needs, and no key of another provider.
+    fn validate_provider(m: &schema::UpstreamMember) -> Result<(), ConfigError> {
+        let bad = |what: String| {
+            Err(ConfigError::Invalid(format!(
+                "upstream member {:?}: {what}",
+                m.name
+            )))
+        };
+        let anthropic_key = m.api_key_env.is_some() || m.api_key.is_some();
+        let aws = m.aws_access_key_id.is_some()
+            || m.aws_access_key_id_env.is_some()
+            || m.aws_secret_access_key.is_some()
+            || m.aws_secret_access_key_env.is_some()
+            || m.aws_session_token_env.is_some();
+        let gcp = m.project.is_some() || m.credentials_file.is_some() || m.metadata_url.is_some();
+        match m.provider {
+            Provider::Anthropic => {
+                match (&m.api_key_env, &m.api_key) {
+                    (None, None) => {
+                        return bad("has no key: set api_key_env (or api_key)".into());
+                    }
+                    (Some(_), Some(_)) => {
+                        return bad("set api_key_env or api_key, not both".into());
+                    }
+                    _ => {}
+                }
+                if aws || gcp || m.region.is_some() {
+                    return bad(
+                        "AWS and Google settings belong to bedrock and vertex members".into(),
+                    );
+                }
+            }
+            Provider::Bedrock => {
+                if anthropic_key || gcp {
+                    return bad("a bedrock member takes AWS credentials (aws_*), not api keys or Google settings".into());
+                }
+                if m.region.is_none() {
+                    return bad("a bedrock member needs its region".into());
+                }
+                if m.aws_access_key_id.is_some() && m.aws_access_key_id_env.is_some()
+                    || m.aws_secret_access_key.is_some() && m.aws_secret_access_key_env.is_some()
+                {
+                    return bad("set each AWS credential once, inline or as _env".into());
+                }
+            }
+            Provider::Vertex => {
+                if anthropic_key || aws {
+                    return bad(
+                        "a vertex member takes Google credentials, not api keys or AWS settings"
+                            .into(),
+                    );
+                }
+                if m.project.is_none() || m.region.is_none() {
+                    return bad("a vertex member needs its project and region".into());
+                }
+            }
+        }
+        if m.provider != Provider::Anthropic && m.models.is_empty() {
+            return bad(format!(
+                "a {} member serves only the models in its `models` map; list them (requested model = provider model id)",
+                m.provider.as_str()
+            ));
         }
         Ok(())
     }
@@ -264,13 +371,78 @@ mod tests {
             ),
             (
                 "[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\nweight = 0\n",
-                "weight",
+                "every member is a standby",
+            ),
+            (
+                "[[upstream.members]]\nname = \"b\"\nprovider = \"bedrock\"\nregion = \"us-east-1\"\n",
+                "models",
+            ),
+            (
+                "[[upstream.members]]\nname = \"b\"\nprovider = \"bedrock\"\napi_key = \"k\"\n",
+                "AWS credentials",
+            ),
+            (
+                "[[upstream.members]]\nname = \"v\"\nprovider = \"vertex\"\nregion = \"us-east5\"\nmodels = { m = \"m@1\" }\n",
+                "project and region",
+            ),
+            (
+                "[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\n[[upstream.fallbacks]]\nmodel = \"m\"\nthen = [{ member = \"zz\" }]\n",
+                "not in upstream.members",
+            ),
+            (
+                "[[upstream.members]]\nname = \"a\"\napi_key = \"k\"\n[[upstream.fallbacks]]\nmodel = \"m\"\nthen = [{ provider = \"vertex\" }]\n",
+                "which no member has",
+            ),
+            (
+                "[[upstream.fallbacks]]\nmodel = \"m\"\nthen = [{}]\n",
+                "sets none",
             ),
             ("[upstream]\nbreaker_failures = 0\n", "breaker_failures"),
         ] {
             let e = Config::from_toml(toml).unwrap_err().to_string();
             assert!(e.contains(want), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn providers_and_fallbacks_parse() {
+        let cfg = Config::from_toml(
+            r#"
+[[upstream.members]]
+name = "key-a"
+api_key = "k"
+[[upstream.members]]
+name = "bedrock-east"
+provider = "bedrock"
+weight = 0
+region = "us-east-1"
+aws_access_key_id_env = "AK"
+aws_secret_access_key_env = "SK"
+models = { "claude-sonnet-4-5" = "anthropic.claude-sonnet-4-5-20250929-v1:0" }
+[[upstream.members]]
+name = "vertex"
+provider = "vertex"
+weight = 0
+project = "p"
+region = "us-east5"
+credentials_file = "/sa.json"
+models = { "claude-sonnet-4-5" = "claude-sonnet-4-5@20250929" }
+[[upstream.fallbacks]]
+model = "claude-sonnet-4-5"
+then = [{ provider = "bedrock" }, { member = "vertex" }, { model = "claude-haiku-4-5" }]
+"#,
+        )
+        .unwrap();
+        let m = &cfg.upstream.members;
+        assert_eq!(m[1].provider, Provider::Bedrock);
+        assert_eq!(m[1].weight, 0);
+        assert_eq!(m[2].provider.as_str(), "vertex");
+        assert_eq!(cfg.upstream.fallbacks[0].then.len(), 3);
+        assert_eq!(
+            cfg.upstream.fallbacks[0].then[2].model.as_deref(),
+            Some("claude-haiku-4-5")
+        );
+        assert!(cfg.upstream.affinity);
     }
 
     #[test]

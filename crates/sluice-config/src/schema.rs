@@ -99,6 +99,15 @@ pub struct UpstreamConfig {
     /// A stream whose upstream sends nothing (not even a `ping`) for this long is ended with an
     /// error event. 0 disables it. A healthy stream has no total time limit.
     pub stream_idle_timeout_ms: u64,
+    /// Keep calls that share a cacheable prefix on one member (the upstream's prompt cache is
+    /// per key), by consistent hashing with bounded load. Off: spread by weight alone.
+    pub affinity: bool,
+    /// Bounded load of affinity routing: a member takes a prefix's calls only while its calls
+    /// in flight stay under this factor times its weighted fair share (at least 1.0).
+    pub affinity_load_factor: f64,
+    /// `[[upstream.fallbacks]]`: what to try, per requested model, when its members are
+    /// unavailable or still failing after retries.
+    pub fallbacks: Vec<Fallback>,
 }
 
 impl Default for UpstreamConfig {
@@ -120,23 +129,108 @@ impl Default for UpstreamConfig {
             retry_max_backoff_ms: 8_000,
             retry_deadline_ms: 30_000,
             stream_idle_timeout_ms: 120_000,
+            affinity: true,
+            affinity_load_factor: 1.25,
+            fallbacks: Vec::new(),
         }
     }
 }
 
-/// One `[[upstream.members]]` entry: an API key of the upstream pool.
+/// Which API a member speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// The Anthropic API (`x-api-key`).
+    #[default]
+    Anthropic,
+    /// Claude on AWS Bedrock (SigV4, `InvokeModel`).
+    Bedrock,
+    /// Claude on Google Vertex AI (OAuth, `rawPredict`).
+    Vertex,
+}
+
+impl Provider {
+    /// Its name in config, headers and ledger rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Anthropic => "anthropic",
+            Provider::Bedrock => "bedrock",
+            Provider::Vertex => "vertex",
+        }
+    }
+}
+
+/// One `[[upstream.members]]` entry: an API key of the upstream pool, or a deployment of
+/// Claude on another provider.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamMember {
     /// Shown in health and on ledger rows (`upstream`); never the key.
     pub name: String,
-    /// Name of the environment variable holding this member's key.
+    /// `anthropic` (default), `bedrock` or `vertex`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// Anthropic: name of the environment variable holding this member's key.
     pub api_key_env: Option<String>,
-    /// The key itself. Prefer `api_key_env`.
+    /// Anthropic: the key itself. Prefer `api_key_env`.
     pub api_key: Option<String>,
-    /// Share of the traffic relative to the other members.
+    /// Endpoint override: for `anthropic` the API's base URL (default `upstream.base_url`); for
+    /// `bedrock` the runtime endpoint (default `https://bedrock-runtime.{region}.amazonaws.com`);
+    /// for `vertex` the API endpoint (default `https://{region}-aiplatform.googleapis.com`).
+    pub base_url: Option<String>,
+    /// Share of the traffic relative to the other members. 0: a standby, used only by
+    /// fallback steps that name it or its provider.
     #[serde(default = "one")]
     pub weight: u32,
+    /// Requested model → this member's model id (Bedrock `anthropic.claude-…-v1:0`, Vertex
+    /// `claude-…@date`). Required for `bedrock` and `vertex`, whose members serve only the models
+    /// listed; an `anthropic` member with no map serves every model under its own name.
+    #[serde(default)]
+    pub models: BTreeMap<String, String>,
+    /// Bedrock and Vertex: the region (`us-east-1`, `us-east5`, `global`).
+    pub region: Option<String>,
+    /// Bedrock: environment variable of the access key id (default `AWS_ACCESS_KEY_ID`).
+    pub aws_access_key_id_env: Option<String>,
+    /// Bedrock: the access key id itself. Prefer the `_env` form.
+    pub aws_access_key_id: Option<String>,
+    /// Bedrock: environment variable of the secret key (default `AWS_SECRET_ACCESS_KEY`).
+    pub aws_secret_access_key_env: Option<String>,
+    /// Bedrock: the secret key itself. Prefer the `_env` form.
+    pub aws_secret_access_key: Option<String>,
+    /// Bedrock: environment variable of a session token (default `AWS_SESSION_TOKEN`, used
+    /// when set).
+    pub aws_session_token_env: Option<String>,
+    /// Vertex: the Google Cloud project.
+    pub project: Option<String>,
+    /// Vertex: a service-account JSON key file. Without it, tokens come from the metadata
+    /// server (GCE, GKE, Cloud Run).
+    pub credentials_file: Option<String>,
+    /// Vertex: metadata server override (default `http://metadata.google.internal`).
+    pub metadata_url: Option<String>,
+}
+
+/// One `[[upstream.fallbacks]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// The requested model this chain is for, or `"*"` for every model without its own chain.
+    pub model: String,
+    /// The steps, tried in order after the primary: each with its own retries, all within the
+    /// call's retry deadline.
+    pub then: Vec<FallbackStep>,
+}
+
+/// A step of a fallback chain: which model, on which members. Unset fields keep the requested
+/// model and take every member (standbys included) that serves it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackStep {
+    /// Another model (e.g. a smaller one when the large one is overloaded).
+    pub model: Option<String>,
+    /// Only members of this provider.
+    pub provider: Option<Provider>,
+    /// Only this member.
+    pub member: Option<String>,
 }
 
 /// `[store]`.
