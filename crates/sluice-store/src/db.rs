@@ -59,6 +59,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE ledger ADD COLUMN waited_ms INTEGER NOT NULL DEFAULT 0;",
     // v3: upstream attempts beyond the first.
     "ALTER TABLE ledger ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;",
+    // v4: which provider served the call, and which step of its model's fallback chain.
+    "ALTER TABLE ledger ADD COLUMN provider TEXT;
+     ALTER TABLE ledger ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle on the state database for control-plane work (CLI, batch ownership). Cloning is

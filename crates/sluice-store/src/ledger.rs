@@ -65,6 +65,10 @@ pub struct LedgerRow {
     pub waited_ms: u64,
     /// Upstream attempts beyond the first (retries).
     pub retries: u32,
+    /// The provider of the member that served it (`anthropic`, `bedrock`, `vertex`).
+    pub provider: Option<&'static str>,
+    /// Which step of the model's fallback chain served it (0: the primary).
+    pub fallback: u8,
 }
 
 /// Counters of the writer, shared with the data plane (for metrics and readiness).
@@ -284,9 +288,9 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 input_tokens, output_tokens, cache_creation_input_tokens,
                 cache_creation_5m_input_tokens, cache_creation_1h_input_tokens,
                 cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms,
-                retries)
+                retries, provider, fallback)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
         )?;
         for r in rows {
             stmt.execute(params![
@@ -315,6 +319,8 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[LedgerRow]) -> Result<()
                 r.cost_micros,
                 to_i64(r.waited_ms),
                 r.retries,
+                r.provider,
+                r.fallback,
             ])?;
         }
     }
