@@ -38,6 +38,7 @@ mod router;
 mod state;
 mod vertex;
 mod wire;
+pub use vertex::{VERTEX_SA_FIXTURE, VERTEX_SA_PUBLIC_KEY_DER};
 
 use std::future::Future;
 use std::io;
