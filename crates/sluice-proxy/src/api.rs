@@ -16,12 +16,11 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
-use sluice_anthropic::{parse_message_request, parse_message_response};
+use sluice_anthropic::{MessageRequest, parse_message_request, parse_message_response};
 use sluice_config::Config;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
-use sluice_upstream::UpstreamError;
+use sluice_upstream::{Endpoint, Outgoing, Provider, Step, UpstreamBody, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +69,8 @@ pub(crate) struct Call {
     pub rec: CallRecorder,
     /// Retries were made and the last attempt still failed.
     pub exhausted: bool,
+    /// The provider and fallback step of the member that answered.
+    pub served: Option<(Provider, u8)>,
     pub request_id: String,
     pub cfg: Arc<Config>,
     pub tenant: Arc<str>,
@@ -135,6 +136,7 @@ impl Call {
         Ok(Self {
             rec,
             exhausted: false,
+            served: None,
             request_id,
             cfg,
             tenant: key.tenant,
@@ -191,109 +193,251 @@ impl Call {
     }
 
     /// Forward to the upstream with the client's headers (moved out of `parts` and filtered)
-    /// and the original bytes, retrying connect failures, first-byte timeouts and retryable
-    /// statuses under the upstream's retry policy. Each attempt goes to a member of the
-    /// upstream's pool and reports its outcome to that member's health; when no member is
-    /// available the call fails at once with [`GatewayError::UpstreamUnavailable`]. Nothing has
-    /// reached the client yet at any point here, so a retry can never duplicate or splice a
-    /// reply.
+    /// and the original bytes, along the call's route: the primary step (the requested model
+    /// on the members that serve it), then the model's fallback chain. Within a step, connect
+    /// failures, first-byte timeouts and retryable statuses are retried under the upstream's
+    /// retry policy; a step whose retries are spent (or whose members are all out) hands over
+    /// to the next. Each attempt goes to a member of the step, by cache affinity when the body
+    /// has a cacheable prefix, and reports its outcome to that member's health. Nothing has
+    /// reached the client yet at any point here, so a retry or a fallback can never duplicate
+    /// or splice a reply (a stream never changes provider after its first byte).
+    ///
+    /// `req` is the parsed Messages body (Messages and token counting), `None` for other
+    /// endpoints, which go to Anthropic API members only and have no fallbacks.
     pub async fn forward(
         &mut self,
         s: &AppState,
         parts: &mut Parts,
         body: Bytes,
-    ) -> Result<http::Response<Incoming>, GatewayError> {
+        endpoint: Endpoint,
+        req: Option<&MessageRequest>,
+    ) -> Result<http::Response<UpstreamBody>, GatewayError> {
         let mut h = std::mem::take(&mut parts.headers);
         headers::for_upstream(&mut h);
         let upstream = s.upstream();
         let policy = upstream.retry_policy();
         let pq = path_and_query(&parts.uri);
+        let model = req.map_or("", |r| r.model.as_str());
+        let stream = req.is_some_and(|r| r.stream);
+        let affinity = req
+            .filter(|_| upstream.affinity())
+            .and_then(|r| sluice_anthropic::cache_affinity_key(&body, r));
+        let steps = upstream.steps(endpoint, model);
+        let last_step = steps.iter().rposition(|st| st.eligible != 0);
         let started = Instant::now();
-        let mut attempt: u32 = 1;
-        let mut tried: Vec<usize> = Vec::new();
-        loop {
-            let last = attempt >= policy.max_attempts;
-            // A retry prefers a member not tried yet, so traffic leaves a 429ing key at once.
-            let member = match upstream.pick(&tried, jitter()) {
-                Ok(m) => m,
-                Err(u) => {
-                    self.rec.set_retries(attempt - 1);
-                    return Err(GatewayError::UpstreamUnavailable(u.retry_in));
-                }
-            };
-            tried.push(member);
-            self.rec.set_upstream(upstream.member_name(member));
-            // The headers are needed again only if another attempt may follow.
-            let hdrs = if last {
-                std::mem::take(&mut h)
-            } else {
-                h.clone()
-            };
-            let result = upstream
-                .send_to(member, parts.method.clone(), pq, hdrs, body.clone())
-                .await;
-            upstream.report(member, sluice_upstream::outcome_of(&result));
-            let retryable = match &result {
-                Ok(r) => policy.retryable(r.status()),
-                Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => true,
-                Err(UpstreamError::Config(_)) => false,
-            };
-            let wait = if retryable && !last {
-                let reply_headers = result.as_ref().ok().map(|r| r.headers());
-                let elapsed = started.elapsed();
-                let wait = policy.wait_before(attempt + 1, reply_headers, elapsed, jitter());
-                match upstream.ready(&tried) {
-                    // Another member is ready now: the failed one's retry-after (or backoff)
-                    // is its own business.
-                    (true, _) if elapsed < policy.deadline => Some(Duration::ZERO),
-                    // Else wait at least until some member is back (a 429 without a
-                    // retry-after cools its member down longer than the jittered backoff). If
-                    // none is back within the deadline (e.g. this failure opened the last
-                    // breaker), the client gets this reply rather than a 503.
-                    (_, Some(back)) => wait
-                        .map(|w| w.max(back))
-                        .filter(|w| elapsed + *w <= policy.deadline),
-                    (_, None) => None,
-                }
-            } else {
-                None
-            };
-            let Some(wait) = wait else {
-                self.rec.set_retries(attempt - 1);
-                // Retried and still failing: the client's SDK would only retry in vain.
-                self.exhausted = retryable && attempt > 1;
-                let mut resp = result?;
-                if self.exhausted {
-                    resp.headers_mut()
-                        .insert("x-should-retry", HeaderValue::from_static("false"));
-                }
-                self.rec.mark_first_byte();
-                if let Some(id) = resp
-                    .headers()
-                    .get("request-id")
-                    .and_then(|v| v.to_str().ok())
-                {
-                    self.rec.set_request_id(id);
-                }
-                return Ok(resp);
-            };
-            tracing::info!(
-                target: "sluice::retry",
-                request_id = %self.request_id,
-                attempt,
-                status = result.as_ref().ok().map(|r| r.status().as_u16()),
-                error = result.as_ref().err().map(|e| e.to_string()),
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                "upstream attempt failed; retrying"
-            );
-            if let Ok(r) = result {
-                // Read the (small) error body so the connection can be reused; never wait long.
-                let _ = tokio::time::timeout(Duration::from_secs(1), r.into_body().collect()).await;
+        let mut attempts: u32 = 0;
+        // The last failed reply, returned if no later step does better.
+        let mut failed: Option<Failed<'_>> = None;
+        let mut unavailable: Option<Duration> = None;
+        for (si, step) in steps.iter().enumerate() {
+            if step.eligible == 0 {
+                continue;
             }
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+            if si > 0 && failed.is_some() && started.elapsed() >= policy.deadline {
+                break;
+            }
+            let final_step = Some(si) == last_step;
+            let step_body = match req {
+                Some(r) if step.model != model => swap_model(&body, r, step.model)?,
+                _ => body.clone(),
+            };
+            let mut tried: Vec<usize> = Vec::new();
+            let mut attempt: u32 = 1;
+            loop {
+                let last_attempt = attempt >= policy.max_attempts;
+                // A retry prefers a member not tried yet, so traffic leaves a 429ing key at once.
+                let member = match upstream.choose(step.eligible, &tried, jitter(), affinity) {
+                    Ok(m) => m,
+                    Err(u) => {
+                        unavailable = Some(u.retry_in);
+                        break;
+                    }
+                };
+                tried.push(member);
+                attempts += 1;
+                let provider = upstream.provider(member);
+                let model_id = upstream.model_id(member, step.model);
+                let member_body = match req {
+                    Some(r) if provider == Provider::Anthropic && model_id != step.model => {
+                        swap_model(&body, r, model_id)?
+                    }
+                    _ => step_body.clone(),
+                };
+                // The headers are needed again only if another attempt may follow.
+                let hdrs = if last_attempt && final_step {
+                    std::mem::take(&mut h)
+                } else {
+                    h.clone()
+                };
+                let load = upstream.in_flight(member);
+                let out = Outgoing {
+                    method: parts.method.clone(),
+                    path_and_query: pq,
+                    headers: hdrs,
+                    body: member_body,
+                    endpoint,
+                    model_id,
+                    stream,
+                };
+                let result = upstream.send_to(member, out).await;
+                upstream.report(member, sluice_upstream::outcome_of(&result));
+                let retryable = match &result {
+                    Ok(r) => policy.retryable(r.status()),
+                    Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => true,
+                    Err(UpstreamError::Config(_)) => false,
+                };
+                if !retryable {
+                    self.exhausted = false;
+                    return self.served(result, upstream, member, step, attempts, load);
+                }
+                let elapsed = started.elapsed();
+                let wait = if last_attempt {
+                    None
+                } else {
+                    let reply_headers = result.as_ref().ok().map(|r| r.headers());
+                    let wait = policy.wait_before(attempt + 1, reply_headers, elapsed, jitter());
+                    match upstream.ready(step.eligible, &tried) {
+                        // Another member is ready now: the failed one's retry-after (or
+                        // backoff) is its own business.
+                        (true, _) if elapsed < policy.deadline => Some(Duration::ZERO),
+                        // Else wait at least until some member is back (a 429 without a
+                        // retry-after cools its member down longer than the jittered
+                        // backoff). If none is back within the deadline (e.g. this failure
+                        // opened the last breaker), the step is over.
+                        (_, Some(back)) => wait
+                            .map(|w| w.max(back))
+                            .filter(|w| elapsed + *w <= policy.deadline),
+                        (_, None) => None,
+                    }
+                };
+                tracing::info!(
+                    target: "sluice::retry",
+                    request_id = %self.request_id,
+                    attempt = attempts,
+                    member = upstream.member_name(member),
+                    step = step.index,
+                    status = result.as_ref().ok().map(|r| r.status().as_u16()),
+                    error = result.as_ref().err().map(|e| e.to_string()),
+                    wait_ms = wait.map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
+                    "upstream attempt failed"
+                );
+                let Some(wait) = wait else {
+                    if final_step {
+                        // Retried and still failing: the client's SDK would only retry in vain.
+                        self.exhausted = attempts > 1;
+                        return self.served(result, upstream, member, step, attempts, load);
+                    }
+                    // Over to the next step; keep this reply (read whole: it is small, and its
+                    // connection goes back to the pool) in case the next fares no better.
+                    let result = match result {
+                        Ok(r) => Ok(read_whole(r).await),
+                        Err(e) => Err(e),
+                    };
+                    failed = Some(Failed {
+                        result,
+                        member,
+                        step: *step,
+                        load,
+                    });
+                    break;
+                };
+                if let Ok(r) = result {
+                    // Read the (small) error body so the connection can be reused; never
+                    // wait long.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), r.into_body().collect()).await;
+                }
+                drop(load);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+        }
+        self.rec.set_retries(attempts.saturating_sub(1));
+        match failed {
+            Some(f) => {
+                self.exhausted = attempts > 1;
+                self.served(f.result, upstream, f.member, &f.step, attempts, f.load)
+            }
+            None => Err(GatewayError::UpstreamUnavailable(
+                unavailable.unwrap_or(Duration::from_secs(1)),
+            )),
         }
     }
+
+    /// The reply of the attempt that ends the call: record who served it, and say so.
+    fn served(
+        &mut self,
+        result: Result<http::Response<UpstreamBody>, UpstreamError>,
+        upstream: &sluice_upstream::Upstream,
+        member: usize,
+        step: &Step<'_>,
+        attempts: u32,
+        load: sluice_upstream::InFlight,
+    ) -> Result<http::Response<UpstreamBody>, GatewayError> {
+        self.rec.set_retries(attempts.saturating_sub(1));
+        let name = upstream.member_name(member);
+        let provider = upstream.provider(member);
+        self.rec
+            .set_served(name, provider, step.index, step.model, load);
+        self.served = Some((provider, step.index));
+        let mut resp = result?;
+        self.mark_exhausted(&mut resp);
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "provider={}; member={name}; model={}; fallback={}",
+            provider.as_str(),
+            step.model,
+            step.index
+        )) {
+            resp.headers_mut().insert(SERVED_BY.clone(), v);
+        }
+        self.rec.mark_first_byte();
+        if let Some(id) = resp
+            .headers()
+            .get("request-id")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.rec.set_request_id(id);
+        }
+        Ok(resp)
+    }
+
+    fn mark_exhausted(&self, resp: &mut http::Response<UpstreamBody>) {
+        if self.exhausted {
+            resp.headers_mut()
+                .insert("x-should-retry", HeaderValue::from_static("false"));
+        }
+    }
+}
+
+/// A step's failed reply, kept while later steps are tried.
+struct Failed<'a> {
+    result: Result<http::Response<UpstreamBody>, UpstreamError>,
+    member: usize,
+    step: Step<'a>,
+    load: sluice_upstream::InFlight,
+}
+
+/// A (small, error) reply read whole, so it can be kept and its connection reused; a body
+/// that does not arrive within a second is cut short.
+async fn read_whole(r: http::Response<UpstreamBody>) -> http::Response<UpstreamBody> {
+    let (parts, body) = r.into_parts();
+    let bytes = match tokio::time::timeout(Duration::from_secs(1), body.collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let mut parts = parts;
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    http::Response::from_parts(parts, UpstreamBody::Full(http_body_util::Full::new(bytes)))
+}
+
+/// Says which provider, member, model and fallback step served a call.
+static SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-sluice-served-by");
+
+/// The body with another model (a fallback step's, or a member's own id for it).
+fn swap_model(body: &Bytes, req: &MessageRequest, model: &str) -> Result<Bytes, GatewayError> {
+    sluice_anthropic::with_model(body, req, model)
+        .map(Bytes::from)
+        .ok_or_else(|| GatewayError::Internal("could not set the model of a fallback step".into()))
 }
 
 /// A random number for backoff jitter (the quality only has to spread retries apart).
@@ -341,7 +485,7 @@ pub(crate) fn path_and_query(uri: &http::Uri) -> &str {
 
 /// Read a non-streaming upstream reply whole.
 pub(crate) async fn buffered(
-    resp: http::Response<Incoming>,
+    resp: http::Response<UpstreamBody>,
 ) -> Result<(http::response::Parts, Bytes), GatewayError> {
     let (parts, body) = resp.into_parts();
     let bytes = body
@@ -428,8 +572,19 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         class = Some(permit.class().clone());
         call.rec.set_permit(permit);
     }
-    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
-    if let Some(class) = &class {
+    let kind = if endpoint == "messages" {
+        Endpoint::Messages
+    } else {
+        Endpoint::CountTokens
+    };
+    let resp = step!(
+        call,
+        call.forward(&s, &mut parts, bytes, kind, Some(&info)).await
+    );
+    // Only the Anthropic API's own headers, for the model asked for, describe the org pool.
+    if let Some(class) = &class
+        && call.served == Some((Provider::Anthropic, 0))
+    {
         s.limiter().observe_upstream(&call.cfg, class, || {
             headers::upstream_remaining(resp.headers())
         });
@@ -476,7 +631,11 @@ async fn models(State(s): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return *r,
     };
-    let resp = step!(call, call.forward(&s, &mut parts, Bytes::new()).await);
+    let resp = step!(
+        call,
+        call.forward(&s, &mut parts, Bytes::new(), Endpoint::Other, None)
+            .await
+    );
     let status = resp.status();
     let (p, bytes) = step!(call, buffered(resp).await);
     call.rec.finish(if status.is_success() {

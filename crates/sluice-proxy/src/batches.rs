@@ -15,6 +15,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::request::Parts;
 use serde_json::Value;
+use sluice_upstream::Endpoint;
 
 fn ok(status: http::StatusCode) -> Ending {
     Ending {
@@ -134,7 +135,11 @@ async fn object_call(
     }
     let base = public_base(&call, &parts);
     let bytes = step!(call, call.read_body(&parts, body).await);
-    let resp = step!(call, call.forward(&s, &mut parts, bytes).await);
+    let resp = step!(
+        call,
+        call.forward(&s, &mut parts, bytes, Endpoint::Other, None)
+            .await
+    );
     let status = resp.status();
     let (p, bytes) = step!(call, buffered(resp).await);
     if !status.is_success() {
@@ -181,7 +186,11 @@ pub async fn results(State(s): State<AppState>, Path(id): Path<String>, req: Req
         Err(r) => return *r,
     };
     step!(call, require_owner(&s, &call, &id).await);
-    let resp = step!(call, call.forward(&s, &mut parts, Bytes::new()).await);
+    let resp = step!(
+        call,
+        call.forward(&s, &mut parts, Bytes::new(), Endpoint::Other, None)
+            .await
+    );
     let status = resp.status();
     if !status.is_success() {
         let (p, bytes) = step!(call, buffered(resp).await);

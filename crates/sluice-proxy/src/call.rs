@@ -8,6 +8,7 @@ use bytes::Bytes;
 use sluice_core::Usage;
 use sluice_limits::limiter::Permit;
 use sluice_store::LedgerRow;
+use sluice_upstream::{InFlight, Provider};
 use std::time::{Duration, Instant};
 
 /// How a call ended, beyond its status.
@@ -37,6 +38,11 @@ pub struct CallRecorder {
     log_bodies: Option<BodyLog>,
     /// The limiter's permit, settled when the call finishes.
     permit: Option<Permit>,
+    /// The serving member's load count, released when the call finishes.
+    in_flight: Option<InFlight>,
+    /// The client-facing model of the serving step when the member is not the Anthropic API
+    /// (whose model ids are provider aliases: the ledger and prices use the client's name).
+    served_as: Option<String>,
 }
 
 /// Bodies kept for the log line of a tenant with `log_bodies = true`.
@@ -58,6 +64,8 @@ impl CallRecorder {
             ttfb: None,
             log_bodies: log_bodies.then(BodyLog::default),
             permit: None,
+            in_flight: None,
+            served_as: None,
         }
     }
 
@@ -85,6 +93,25 @@ impl CallRecorder {
         if let Some(r) = self.row.as_mut() {
             r.upstream = Some(name.to_owned());
         }
+    }
+
+    /// Record who served the call: the member (its name, never its key), its provider, the
+    /// step of the fallback chain and its model; hold the member's load count until the end.
+    pub fn set_served(
+        &mut self,
+        member: &str,
+        provider: Provider,
+        step: u8,
+        model: &str,
+        load: InFlight,
+    ) {
+        if let Some(r) = self.row.as_mut() {
+            r.upstream = Some(member.to_owned());
+            r.provider = Some(provider.as_str());
+            r.fallback = step;
+        }
+        self.served_as = (provider != Provider::Anthropic || step > 0).then(|| model.to_owned());
+        self.in_flight = Some(load);
     }
 
     /// Record how many upstream attempts beyond the first were made.
@@ -141,7 +168,13 @@ impl CallRecorder {
         row.error_type = end.error_type;
         row.usage = end.usage;
         row.stop_reason = end.stop_reason;
-        row.model_served = end.model_served;
+        row.model_served = match self.served_as.take() {
+            // Another provider's ids are aliases of the client's model name.
+            Some(m) if row.provider != Some("anthropic") => Some(m),
+            Some(m) => end.model_served.or(Some(m)),
+            None => end.model_served,
+        };
+        self.in_flight = None;
         if let Some(p) = self.permit.take() {
             row.waited_ms = duration_ms(p.waited());
             if end.outcome == "client_closed" && end.usage == Usage::default() {
@@ -187,6 +220,8 @@ impl CallRecorder {
             cache_read_input_tokens = r.usage.cache_read_input_tokens,
             stop_reason = r.stop_reason.as_deref(),
             upstream = r.upstream.as_deref(),
+            provider = r.provider,
+            fallback = r.fallback,
             cost_micros = r.cost_micros,
             waited_ms = r.waited_ms,
             retries = r.retries,

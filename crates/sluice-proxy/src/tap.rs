@@ -17,8 +17,8 @@
 use crate::call::{CallRecorder, Ending};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use sluice_anthropic::{SseTap, sse_error_event};
+use sluice_upstream::UpstreamBody;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,7 +33,7 @@ enum Phase {
 
 /// An upstream SSE body with a usage tap.
 pub struct TapBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     tap: SseTap,
     call: CallRecorder,
     phase: Phase,
@@ -47,7 +47,12 @@ pub struct TapBody {
 
 impl TapBody {
     /// Wrap an upstream 200 SSE body.
-    pub fn new(inner: Incoming, call: CallRecorder, status: u16, idle: Option<Duration>) -> Self {
+    pub fn new(
+        inner: UpstreamBody,
+        call: CallRecorder,
+        status: u16,
+        idle: Option<Duration>,
+    ) -> Self {
         let now = Instant::now();
         Self {
             inner,

@@ -3,11 +3,19 @@
 //! opens its circuit breaker, and once the open time has passed exactly one probe request may
 //! go to it (half-open). Selection is weighted random among the members available now.
 //!
+//! A call whose body has a cacheable prefix carries an affinity key: members are ranked for it
+//! by weighted rendezvous hashing (so a prefix keeps to one member, and adding or losing a
+//! member moves only the prefixes that were on it), and the first member whose calls in flight
+//! are under its bounded share takes it (consistent hashing with bounded loads: a hot prefix
+//! spills over instead of piling onto one key).
+//!
 //! All state sits behind one short std mutex, taken for a few hundred nanoseconds per pick or
 //! report and never across an `.await`. Functions take `now` so the state machine is tested
 //! without sleeping.
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Breaker knobs of a pool.
@@ -109,6 +117,26 @@ pub struct MemberHealth {
     pub requests: u64,
     /// Attempts that failed (connect error, timeout, 5xx) since start.
     pub failures: u64,
+    /// Calls on it now (from the pick to the end of the reply's body).
+    pub in_flight: u32,
+}
+
+/// Every member, as an eligibility mask.
+pub const ALL: u64 = u64::MAX;
+
+/// What a pick may choose from, and how.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    /// Bit `i` set: member `i` may serve the call (its model, its fallback step).
+    pub eligible: u64,
+    /// Members already tried by this call; avoided while others are available.
+    pub tried: &'a [usize],
+    /// A random number, for the weighted choice.
+    pub random: u64,
+    /// The call's cache-affinity key, if its body has a cacheable prefix.
+    pub affinity: Option<u64>,
+    /// Bounded load factor of affinity picks (≥ 1).
+    pub load_factor: f64,
 }
 
 /// Every member is cooling down, open, or busy with its one probe.
@@ -123,8 +151,60 @@ pub struct Unavailable {
 pub struct Pool {
     names: Vec<String>,
     weights: Vec<u32>,
+    /// Per-member salts of the rendezvous hash, from the names: a member's ranking for a
+    /// prefix does not depend on its position in the config.
+    salts: Vec<u64>,
     policy: BreakerPolicy,
     health: Mutex<Vec<Health>>,
+    in_flight: Box<[AtomicU32]>,
+}
+
+/// A call on a member: counted in its load until dropped (at the end of the reply's body).
+#[derive(Debug)]
+pub struct InFlight {
+    pool: Arc<Pool>,
+    member: usize,
+}
+
+impl InFlight {
+    /// Count a call on `member` of `pool`.
+    pub fn new(pool: Arc<Pool>, member: usize) -> Self {
+        if let Some(n) = pool.in_flight.get(member) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Self { pool, member }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = self.pool.in_flight.get(self.member) {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// splitmix64's finaliser: a full-avalanche mix of 64 bits.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn name_salt(name: &str) -> u64 {
+    // FNV-1a, then mixed: stable across processes and builds, so replicas agree.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// Weighted rendezvous score of `member` (salt, weight) for `key`: highest wins.
+fn score(key: u64, salt: u64, weight: u32) -> f64 {
+    // A uniform in (0, 1): 53 random bits, never 0.
+    let u = ((mix(key ^ salt) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    -f64::from(weight) / u.ln()
 }
 
 impl Pool {
@@ -133,6 +213,8 @@ impl Pool {
         Self {
             names: members.iter().map(|(n, _)| n.clone()).collect(),
             weights: members.iter().map(|(_, w)| (*w).max(1)).collect(),
+            salts: members.iter().map(|(n, _)| name_salt(n)).collect(),
+            in_flight: members.iter().map(|_| AtomicU32::new(0)).collect(),
             policy: BreakerPolicy {
                 failures: policy.failures.max(1),
                 ..policy
@@ -178,10 +260,29 @@ impl Pool {
     /// at `now`, preferring ones not in `tried` when any is available. A half-open member's
     /// single probe slot is taken by the pick; the caller must [`Pool::report`] the outcome.
     pub fn pick(&self, now: Instant, tried: &[usize], random: u64) -> Result<usize, Unavailable> {
+        self.choose(
+            now,
+            &Choice {
+                eligible: ALL,
+                tried,
+                random,
+                affinity: None,
+                load_factor: 1.0,
+            },
+        )
+    }
+
+    /// [`Pool::pick`] among the members `c.eligible` allows, by affinity when `c.affinity` is
+    /// set (see the module docs), else weighted random.
+    pub fn choose(&self, now: Instant, c: &Choice<'_>) -> Result<usize, Unavailable> {
+        let tried = c.tried;
         let mut h = self.lock();
         let mut soonest: Option<Instant> = None;
         let mut avail: Vec<usize> = Vec::with_capacity(h.len());
         for (i, m) in h.iter_mut().enumerate() {
+            if i >= 64 || c.eligible & (1 << i) == 0 {
+                continue;
+            }
             m.advance(now);
             match m.back_at(now) {
                 Ok(()) => avail.push(i),
@@ -198,6 +299,7 @@ impl Pool {
             if let Some((i, _)) = h
                 .iter()
                 .enumerate()
+                .filter(|(i, _)| *i < 64 && c.eligible & (1 << i) != 0)
                 .filter(|(_, m)| matches!(m.breaker, Breaker::Closed))
                 .min_by_key(|(_, m)| m.cooldown_until)
             {
@@ -212,17 +314,11 @@ impl Pool {
         if avail.iter().any(|i| !tried.contains(i)) {
             avail.retain(|i| !tried.contains(i));
         }
-        let total: u64 = avail.iter().map(|&i| u64::from(self.weights[i])).sum();
-        let mut r = random % total.max(1);
-        let mut chosen = avail[avail.len() - 1];
-        for &i in &avail {
-            let w = u64::from(self.weights[i]);
-            if r < w {
-                chosen = i;
-                break;
-            }
-            r -= w;
+        let chosen = match c.affinity {
+            Some(key) if avail.len() > 1 => self.by_affinity(key, &avail, c.load_factor),
+            _ => None,
         }
+        .unwrap_or_else(|| self.by_weight(&avail, c.random));
         let m = &mut h[chosen];
         if let Breaker::HalfOpen { .. } = m.breaker {
             m.breaker = Breaker::HalfOpen { probing: true };
@@ -231,13 +327,55 @@ impl Pool {
         Ok(chosen)
     }
 
-    /// Whether a member not in `tried` is available at `now`, and how long until any member
-    /// is (`None` when only busy probes remain). Takes no probe slot.
-    pub fn ready(&self, now: Instant, tried: &[usize]) -> (bool, Option<Duration>) {
+    /// Weighted random among `avail` (not empty).
+    fn by_weight(&self, avail: &[usize], random: u64) -> usize {
+        let total: u64 = avail.iter().map(|&i| u64::from(self.weights[i])).sum();
+        let mut r = random % total.max(1);
+        let mut chosen = avail[avail.len() - 1];
+        for &i in avail {
+            let w = u64::from(self.weights[i]);
+            if r < w {
+                chosen = i;
+                break;
+            }
+            r -= w;
+        }
+        chosen
+    }
+
+    /// The highest-ranked member for `key` whose load stays within `factor` times its
+    /// weighted share of the calls in flight (this one included); `None` if none is (only
+    /// possible through rounding), and the caller falls back to weight.
+    fn by_affinity(&self, key: u64, avail: &[usize], factor: f64) -> Option<usize> {
+        let load = |i: usize| {
+            self.in_flight
+                .get(i)
+                .map_or(0, |n| n.load(Ordering::Relaxed))
+        };
+        let total_load: u32 = avail.iter().map(|&i| load(i)).sum();
+        let total_weight: u32 = avail.iter().map(|&i| self.weights[i]).sum();
+        let mut ranked: Vec<(f64, usize)> = avail
+            .iter()
+            .map(|&i| (score(key, self.salts[i], self.weights[i]), i))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+        ranked.into_iter().map(|(_, i)| i).find(|&i| {
+            let share = f64::from(self.weights[i]) / f64::from(total_weight.max(1));
+            let bound = (factor * f64::from(total_load + 1) * share).ceil();
+            f64::from(load(i) + 1) <= bound
+        })
+    }
+
+    /// Whether an `eligible` member not in `tried` is available at `now`, and how long until
+    /// any eligible member is (`None` when only busy probes remain). Takes no probe slot.
+    pub fn ready(&self, now: Instant, eligible: u64, tried: &[usize]) -> (bool, Option<Duration>) {
         let mut h = self.lock();
         let mut untried = false;
         let mut soonest: Option<Duration> = None;
         for (i, m) in h.iter_mut().enumerate() {
+            if i >= 64 || eligible & (1 << i) == 0 {
+                continue;
+            }
             m.advance(now);
             let d = match m.back_at(now) {
                 Ok(()) => {
@@ -317,6 +455,7 @@ impl Pool {
                     consecutive_failures: m.consecutive_failures,
                     requests: m.requests,
                     failures: m.failures,
+                    in_flight: self.in_flight[i].load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -392,10 +531,10 @@ mod tests {
         // Both merely cooling down: the call still goes out, to the one back soonest (only
         // failing members make the pool refuse).
         assert_eq!(p.pick(t0, &[], 0), Ok(0), "the soonest one back");
-        assert_eq!(p.ready(t0, &[]), (false, Some(Duration::from_secs(2))));
+        assert_eq!(p.ready(t0, ALL, &[]), (false, Some(Duration::from_secs(2))));
         assert_eq!(p.pick(t0 + Duration::from_secs(2), &[], 0), Ok(0));
         assert_eq!(
-            p.ready(t0 + Duration::from_secs(2), &[0]),
+            p.ready(t0 + Duration::from_secs(2), ALL, &[0]),
             (false, Some(Duration::ZERO))
         );
     }
@@ -434,5 +573,95 @@ mod tests {
             Outcome::of_status(s(429), &h),
             Outcome::RateLimited(Duration::from_secs(3))
         );
+    }
+
+    fn affine(p: &Pool, key: u64, tried: &[usize]) -> usize {
+        p.choose(
+            Instant::now(),
+            &Choice {
+                eligible: ALL,
+                tried,
+                random: key,
+                affinity: Some(key),
+                load_factor: 1.25,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn affinity_keeps_a_prefix_on_one_member_and_spreads_prefixes_by_weight() {
+        let p = Arc::new(pool(&[1, 1, 2], 5));
+        let mut per_member = [0u32; 3];
+        for key in 0..3000u64 {
+            let k = mix(key);
+            let first = affine(&p, k, &[]);
+            // Idle pool: the same prefix always lands on the same member.
+            assert_eq!(affine(&p, k, &[]), first);
+            per_member[first] += 1;
+        }
+        // Prefixes spread by weight (1:1:2) within sampling noise.
+        assert!((600..900).contains(&per_member[0]), "{per_member:?}");
+        assert!((600..900).contains(&per_member[1]), "{per_member:?}");
+        assert!((1300..1700).contains(&per_member[2]), "{per_member:?}");
+        // A retry avoids the member tried, and the next-ranked one is stable too.
+        let k = mix(7);
+        let first = affine(&p, k, &[]);
+        let second = affine(&p, k, &[first]);
+        assert_ne!(first, second);
+        assert_eq!(affine(&p, k, &[first]), second);
+    }
+
+    #[test]
+    fn a_hot_prefix_spills_over_once_its_member_is_past_its_bounded_share() {
+        let p = Arc::new(pool(&[1, 1, 1, 1], 5));
+        let k = mix(42);
+        let home = affine(&p, k, &[]);
+        // Hold calls in flight for this one prefix: the first ones stay home, then the bound
+        // (1.25 × the fair share of the calls in flight) sends the rest elsewhere.
+        let mut held = Vec::new();
+        let mut placed = [0u32; 4];
+        for _ in 0..40 {
+            let m = affine(&p, k, &[]);
+            placed[m] += 1;
+            held.push(InFlight::new(Arc::clone(&p), m));
+        }
+        assert!(placed[home] >= 10, "{placed:?}");
+        assert!(placed[home] <= 13, "{placed:?}: the bound holds");
+        assert!(
+            placed.iter().all(|&n| n > 0),
+            "{placed:?}: spilled to every member"
+        );
+        assert_eq!(p.health(Instant::now())[home].in_flight, placed[home]);
+        drop(held);
+        assert_eq!(p.health(Instant::now())[home].in_flight, 0);
+        assert_eq!(affine(&p, k, &[]), home, "back home once the load is gone");
+    }
+
+    #[test]
+    fn ineligible_members_are_never_picked() {
+        let p = pool(&[1, 1, 1], 1);
+        let t0 = Instant::now();
+        for r in 0..50 {
+            let c = Choice {
+                eligible: 0b100,
+                tried: &[],
+                random: r,
+                affinity: Some(r),
+                load_factor: 1.25,
+            };
+            assert_eq!(p.choose(t0, &c), Ok(2));
+        }
+        // The only eligible member failing makes the choice unavailable, others or not.
+        p.report(2, Outcome::Failure, t0);
+        let c = Choice {
+            eligible: 0b100,
+            tried: &[],
+            random: 0,
+            affinity: None,
+            load_factor: 1.0,
+        };
+        assert!(p.choose(t0, &c).is_err());
+        assert!(p.pick(t0, &[], 0).is_ok());
     }
 }

@@ -4,6 +4,7 @@
 
 use anyhow::Context;
 use sluice_config::{Config, LimiterBackend};
+use sluice_config::{Provider, UpstreamMember};
 use sluice_core::Clock;
 use sluice_core::SystemClock;
 use sluice_limits::backend::Period;
@@ -12,8 +13,11 @@ use sluice_limits::local::LocalBackend;
 use sluice_limits::redis::{RedisBackend, RedisOptions};
 use sluice_proxy::{AppState, KeyRing, Parts};
 use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
+use sluice_upstream::bedrock::BedrockOptions;
+use sluice_upstream::vertex::{VertexCredentials, VertexOptions};
 use sluice_upstream::{
-    BreakerPolicy, MemberOptions, RetryPolicy, Secret, Upstream, UpstreamOptions,
+    BreakerPolicy, MemberKind, MemberOptions, RetryPolicy, Secret, StepSpec, Upstream,
+    UpstreamOptions,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,30 +54,122 @@ pub fn upstream_members(
         return Ok(vec![MemberOptions {
             name: "anthropic".into(),
             weight: 1,
-            api_key,
+            models: Default::default(),
+            kind: MemberKind::Anthropic {
+                api_key,
+                base_url: None,
+            },
         }]);
     }
+    let timeout = Duration::from_millis(cfg.upstream.connect_timeout_ms.max(1000) * 2);
     cfg.upstream
         .members
         .iter()
         .map(|m| {
-            let api_key = match (&m.api_key, &m.api_key_env) {
-                (Some(k), _) => Secret::new(k.clone()),
-                (None, Some(var)) => match std::env::var(var) {
-                    Ok(k) if !k.is_empty() => Secret::new(k),
-                    _ => anyhow::bail!(
-                        "no API key for upstream member '{}': set {var} (or its api_key in the config)",
-                        m.name
-                    ),
+            let kind = match m.provider {
+                Provider::Anthropic => MemberKind::Anthropic {
+                    api_key: secret(m, "API key", m.api_key.as_ref(), m.api_key_env.as_deref())?,
+                    base_url: m.base_url.clone(),
                 },
-                // Validation refuses a member without either; say so rather than panic.
-                (None, None) => anyhow::bail!("upstream member '{}' has no key", m.name),
+                Provider::Bedrock => MemberKind::Bedrock(BedrockOptions {
+                    region: m.region.clone().unwrap_or_default(),
+                    endpoint: m.base_url.clone(),
+                    access_key_id: secret(
+                        m,
+                        "AWS access key id",
+                        m.aws_access_key_id.as_ref(),
+                        Some(
+                            m.aws_access_key_id_env
+                                .as_deref()
+                                .unwrap_or("AWS_ACCESS_KEY_ID"),
+                        ),
+                    )?
+                    .expose()
+                    .to_owned(),
+                    secret_access_key: secret(
+                        m,
+                        "AWS secret access key",
+                        m.aws_secret_access_key.as_ref(),
+                        Some(
+                            m.aws_secret_access_key_env
+                                .as_deref()
+                                .unwrap_or("AWS_SECRET_ACCESS_KEY"),
+                        ),
+                    )?,
+                    session_token: std::env::var(
+                        m.aws_session_token_env
+                            .as_deref()
+                            .unwrap_or("AWS_SESSION_TOKEN"),
+                    )
+                    .ok()
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+                }),
+                Provider::Vertex => MemberKind::Vertex(VertexOptions {
+                    project: m.project.clone().unwrap_or_default(),
+                    region: m.region.clone().unwrap_or_default(),
+                    base_url: m.base_url.clone(),
+                    credentials: match &m.credentials_file {
+                        Some(f) => VertexCredentials::ServiceAccountFile(f.into()),
+                        None => VertexCredentials::Metadata {
+                            base_url: m.metadata_url.clone(),
+                        },
+                    },
+                    timeout,
+                }),
             };
             Ok(MemberOptions {
                 name: m.name.clone(),
                 weight: m.weight,
-                api_key,
+                models: m.models.clone(),
+                kind,
             })
+        })
+        .collect()
+}
+
+/// A member's credential: inline, else from its environment variable.
+fn secret(
+    m: &UpstreamMember,
+    what: &str,
+    inline: Option<&String>,
+    var: Option<&str>,
+) -> anyhow::Result<Secret> {
+    match (inline, var) {
+        (Some(k), _) => Ok(Secret::new(k.clone())),
+        (None, Some(var)) => match std::env::var(var) {
+            Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
+            _ => anyhow::bail!(
+                "no {what} for upstream member '{}': set {var} (or put it in the config)",
+                m.name
+            ),
+        },
+        // Validation refuses a member without either; say so rather than panic.
+        (None, None) => anyhow::bail!("upstream member '{}' has no {what}", m.name),
+    }
+}
+
+/// The fallback chains of `cfg`, for the upstream client.
+fn fallbacks(cfg: &Config) -> Vec<(String, Vec<StepSpec>)> {
+    let provider = |p: Provider| match p {
+        Provider::Anthropic => sluice_upstream::Provider::Anthropic,
+        Provider::Bedrock => sluice_upstream::Provider::Bedrock,
+        Provider::Vertex => sluice_upstream::Provider::Vertex,
+    };
+    cfg.upstream
+        .fallbacks
+        .iter()
+        .map(|f| {
+            let steps = f
+                .then
+                .iter()
+                .map(|st| StepSpec {
+                    model: st.model.clone(),
+                    provider: st.provider.map(provider),
+                    member: st.member.clone(),
+                })
+                .collect();
+            (f.model.clone(), steps)
         })
         .collect()
 }
@@ -202,6 +298,9 @@ async fn serve(
         name: "anthropic".into(),
         base_url: cfg.upstream.base_url.clone(),
         members,
+        fallbacks: fallbacks(&cfg),
+        affinity: cfg.upstream.affinity,
+        affinity_load_factor: cfg.upstream.affinity_load_factor,
         breaker: BreakerPolicy {
             failures: cfg.upstream.breaker_failures,
             open_for: Duration::from_millis(cfg.upstream.breaker_open_ms),
