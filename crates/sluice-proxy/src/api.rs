@@ -670,10 +670,13 @@ async fn readyz(State(s): State<AppState>) -> Response {
         .upstream()
         .health()
         .iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             serde_json::json!({
                 "name": m.name,
+                "provider": s.upstream().provider(i).as_str(),
                 "weight": m.weight,
+                "in_flight": m.in_flight,
                 "state": m.state,
                 "cooling_down_ms": m.cooling_down_ms,
                 "consecutive_failures": m.consecutive_failures,

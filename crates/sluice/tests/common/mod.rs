@@ -68,6 +68,18 @@ pub async fn env_with(opts: Opts) -> Env {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sluice.db");
+    // Members on other providers point at the mock too; Vertex ones need a service-account
+    // file whose token endpoint is the mock's.
+    let mut upstream_extra = opts.upstream_extra.replace("{MOCK}", &mock.url());
+    if upstream_extra.contains("{VERTEX_SA}") {
+        let mut sa: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sluice_mock::VERTEX_SA_FIXTURE).unwrap())
+                .unwrap();
+        sa["token_uri"] = format!("{}/token", mock.url()).into();
+        let file = dir.path().join("vertex-sa.json");
+        std::fs::write(&file, sa.to_string()).unwrap();
+        upstream_extra = upstream_extra.replace("{VERTEX_SA}", &file.display().to_string());
+    }
     let upstream = opts
         .upstream_override
         .unwrap_or_else(|| format!("http://{}", mock.addr));
@@ -98,7 +110,7 @@ name = "legacy"
 enabled = false
 "#,
         extra = opts.extra_config,
-        upstream_extra = opts.upstream_extra,
+        upstream_extra = upstream_extra,
         sections = opts.sections,
         web_extra = opts.web_extra,
         email_extra = opts.email_extra,
