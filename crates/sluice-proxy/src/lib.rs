@@ -14,6 +14,7 @@ pub mod batches;
 pub mod call;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod state;
 pub mod tap;
 
