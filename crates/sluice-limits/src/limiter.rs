@@ -391,6 +391,9 @@ pub struct Permit {
     waited: Duration,
     /// The class's upstream limit counts cache reads as input.
     cache_reads_count: bool,
+    /// The class's fair queue, woken at settlement (kept from admission: one map lookup and
+    /// lock fewer per call).
+    queue: Option<Arc<FairQueue>>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -469,7 +472,10 @@ impl Permit {
                 Backend::Local(b) => b.settle(&s, now),
                 Backend::Redis(b) => b.settle(s, self.via),
             }
-            limiter.queue(&self.class).poke();
+            match &self.queue {
+                Some(q) => q.poke(),
+                None => limiter.queue(&self.class).poke(),
+            }
         }
         cost
     }
@@ -664,6 +670,7 @@ impl Limiter {
                 policy,
                 waited: Duration::ZERO,
                 cache_reads_count: false,
+                queue: None,
             });
         }
         let est = estimate_input(call.body);
@@ -727,6 +734,7 @@ impl Limiter {
             policy: policy.clone(),
             waited: Duration::ZERO,
             cache_reads_count,
+            queue: None,
         };
         let req = AdmitRequest {
             tenant: call.tenant.clone(),
@@ -744,6 +752,7 @@ impl Limiter {
         let deadline = started + max_wait;
         let can_wait = !max_wait.is_zero();
         let queue = self.queue(&class);
+        permit.queue = Some(queue.clone());
         let mut seat: Option<Seat> = None;
         let cost_tokens = input.saturating_add(output);
         let join = |rejoin: Option<Place>| {

@@ -29,17 +29,31 @@ const DROP_REQUEST: &[&str] = &[
     "accept-encoding",
 ];
 
-/// Response headers never returned to the client.
-const DROP_RESPONSE: &[&str] = &[
-    "content-length",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "anthropic-organization-id",
+/// Response headers never returned to the client: hop-by-hop ones, and the organisation's
+/// (its id, and the rate-limit headers the API sends on every reply). Built once, because
+/// removing by `&str` parses the name each time, on every reply.
+static DROP_RESPONSE: [HeaderName; 21] = [
+    HeaderName::from_static("content-length"),
+    HeaderName::from_static("connection"),
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("te"),
+    HeaderName::from_static("trailer"),
+    HeaderName::from_static("transfer-encoding"),
+    HeaderName::from_static("upgrade"),
+    HeaderName::from_static("anthropic-organization-id"),
+    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+    HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
 ];
 
 /// Strip `headers` (the client's, taken by value) down to what goes upstream.
@@ -52,9 +66,10 @@ pub fn for_upstream(headers: &mut HeaderMap) {
 
 /// Strip an upstream response's headers down to what the client sees.
 pub fn for_client(headers: &mut HeaderMap) {
-    for name in DROP_RESPONSE {
-        headers.remove(*name);
+    for name in &DROP_RESPONSE {
+        headers.remove(name);
     }
+    // Any other organisation rate-limit header (a new dimension): rare, so only a scan.
     remove_prefixed(headers, "anthropic-ratelimit-");
 }
 
@@ -91,21 +106,60 @@ static RATE_HEADERS: [(Dimension, [HeaderName; 3]); 3] = [
 /// remaining,reset}` headers, in the upstream's format (reset is RFC 3339, when the bucket is
 /// full again). Only limited dimensions get headers.
 pub fn rate_limit_headers(h: &mut HeaderMap, view: &TenantView) {
-    let now = std::time::SystemTime::now();
-    for (d, [limit, remaining, reset]) in &RATE_HEADERS {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    for (i, (d, [limit, remaining, reset])) in RATE_HEADERS.iter().enumerate() {
         let Some(b) = view.get(*d) else { continue };
-        h.insert(limit.clone(), HeaderValue::from(b.limit));
+        h.insert(limit.clone(), cached_limit(i, b.limit));
         h.insert(remaining.clone(), HeaderValue::from(b.remaining));
         let at = now + std::time::Duration::from_micros(b.full_in_us);
-        let mut buf = [0u8; 32];
-        let mut w = std::io::Cursor::new(&mut buf[..]);
-        if write!(w, "{}", humantime::format_rfc3339_seconds(at)).is_ok() {
-            let n = usize::try_from(w.position()).unwrap_or(0);
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
-                h.insert(reset.clone(), v);
-            }
+        if let Some(v) = cached_reset(at.as_secs()) {
+            h.insert(reset.clone(), v);
         }
     }
+}
+
+// Every reply carries these headers, so their values are kept per thread: a tenant's limit
+// changes only with its config, and a reset time is a whole second that most replies within
+// that second share. A hit is a reference-count increment instead of an allocation (and, for
+// the reset, an RFC 3339 formatting).
+thread_local! {
+    static LIMITS: std::cell::RefCell<[Option<(u64, HeaderValue)>; 3]> =
+        const { std::cell::RefCell::new([None, None, None]) };
+    static RESETS: std::cell::RefCell<([Option<(u64, HeaderValue)>; 4], usize)> =
+        const { std::cell::RefCell::new(([None, None, None, None], 0)) };
+}
+
+fn cached_limit(dimension: usize, limit: u64) -> HeaderValue {
+    LIMITS.with_borrow_mut(|slots| match slots.get_mut(dimension) {
+        Some(Some((n, v))) if *n == limit => v.clone(),
+        Some(slot) => {
+            let v = HeaderValue::from(limit);
+            *slot = Some((limit, v.clone()));
+            v
+        }
+        None => HeaderValue::from(limit),
+    })
+}
+
+fn cached_reset(unix_secs: u64) -> Option<HeaderValue> {
+    RESETS.with_borrow_mut(|(slots, next)| {
+        if let Some((_, v)) = slots.iter().flatten().find(|(s, _)| *s == unix_secs) {
+            return Some(v.clone());
+        }
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+        let mut buf = [0u8; 32];
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        write!(w, "{}", humantime::format_rfc3339_seconds(at)).ok()?;
+        let n = usize::try_from(w.position()).unwrap_or(0);
+        let v = HeaderValue::from_bytes(&buf[..n]).ok()?;
+        if let Some(slot) = slots.get_mut(*next % 4) {
+            *slot = Some((unix_secs, v.clone()));
+        }
+        *next = next.wrapping_add(1);
+        Some(v)
+    })
 }
 
 /// What the upstream says is left of the organisation's buckets, read before those headers
@@ -124,7 +178,8 @@ pub fn upstream_remaining(h: &HeaderMap) -> impl Iterator<Item = (Dimension, u64
 }
 
 fn remove_prefixed(headers: &mut HeaderMap, prefix: &str) {
-    // Usually nothing matches; only allocate when something does.
+    // Usually nothing matches (the known names are removed by name); only allocate when
+    // something does.
     if headers.keys().any(|k| k.as_str().starts_with(prefix)) {
         let doomed: Vec<HeaderName> = headers
             .keys()
@@ -185,5 +240,38 @@ mod tests {
         assert_eq!(h.len(), 3);
         assert_eq!(h["request-id"], "req_1");
         assert_eq!(h["retry-after"], "3");
+    }
+
+    #[test]
+    fn cached_rate_limit_values_follow_the_view() {
+        use sluice_limits::backend::BucketView;
+        let view = |limit: u64, remaining: u64, full_in_us: u64| TenantView {
+            requests: Some(BucketView {
+                limit,
+                remaining,
+                full_in_us,
+            }),
+            input_tokens: None,
+            output_tokens: None,
+        };
+        let mut h = HeaderMap::new();
+        rate_limit_headers(&mut h, &view(100, 7, 0));
+        assert_eq!(h["anthropic-ratelimit-requests-limit"], "100");
+        assert_eq!(h["anthropic-ratelimit-requests-remaining"], "7");
+        assert!(h.get("anthropic-ratelimit-input-tokens-limit").is_none());
+        // Another tenant's limit on the same thread: not the cached one.
+        rate_limit_headers(&mut h, &view(250, 3, 0));
+        assert_eq!(h["anthropic-ratelimit-requests-limit"], "250");
+        // The reset is an RFC 3339 second; one an hour ahead differs from now's.
+        let now = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        assert_eq!(now.len(), "2026-11-21T21:00:00Z".len(), "{now}");
+        rate_limit_headers(&mut h, &view(250, 3, 3_600_000_000));
+        let later = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        assert!(later > now, "{later} vs {now}");
+        for _ in 0..10 {
+            rate_limit_headers(&mut h, &view(250, 3, 0));
+        }
+        let again = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        assert!(again >= now && again < later, "{again}");
     }
 }
