@@ -507,9 +507,9 @@ pub(crate) fn respond_with(
     body: Body,
     view: Option<&TenantView>,
 ) -> Response {
-    headers::for_client(&mut parts.headers);
-    if let Some(v) = view {
-        headers::rate_limit_headers(&mut parts.headers, v);
+    match view {
+        Some(v) => headers::for_client_with_limits(&mut parts.headers, v),
+        None => headers::for_client(&mut parts.headers),
     }
     Response::from_parts(parts, body)
 }

@@ -30,9 +30,10 @@ const DROP_REQUEST: &[&str] = &[
 ];
 
 /// Response headers never returned to the client: hop-by-hop ones, and the organisation's
-/// (its id, and the rate-limit headers the API sends on every reply). Built once, because
-/// removing by `&str` parses the name each time, on every reply.
-static DROP_RESPONSE: [HeaderName; 21] = [
+/// (its id, and the rate-limit headers the API sends on every reply; the per-dimension ones are
+/// in [`RATE_HEADERS`]). Built once, because removing by `&str` parses the name each time, on
+/// every reply.
+static DROP_RESPONSE: [HeaderName; 12] = [
     HeaderName::from_static("content-length"),
     HeaderName::from_static("connection"),
     HeaderName::from_static("keep-alive"),
@@ -42,15 +43,6 @@ static DROP_RESPONSE: [HeaderName; 21] = [
     HeaderName::from_static("transfer-encoding"),
     HeaderName::from_static("upgrade"),
     HeaderName::from_static("anthropic-organization-id"),
-    HeaderName::from_static("anthropic-ratelimit-requests-limit"),
-    HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-requests-reset"),
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-limit"),
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-input-tokens-reset"),
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-limit"),
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-remaining"),
-    HeaderName::from_static("anthropic-ratelimit-output-tokens-reset"),
     HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
     HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
     HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
@@ -66,11 +58,43 @@ pub fn for_upstream(headers: &mut HeaderMap) {
 
 /// Strip an upstream response's headers down to what the client sees.
 pub fn for_client(headers: &mut HeaderMap) {
+    strip(headers, None);
+}
+
+/// [`for_client`], then the tenant's own rate-limit headers. The organisation's headers of a
+/// dimension the tenant is limited in are not removed but overwritten in place: on every
+/// reply, nine removals and nine insertions that grow the map become nine replacements.
+pub fn for_client_with_limits(headers: &mut HeaderMap, view: &TenantView) {
+    strip(headers, Some(view));
+    rate_limit_headers(headers, view);
+}
+
+fn strip(headers: &mut HeaderMap, keep_for: Option<&TenantView>) {
     for name in &DROP_RESPONSE {
         headers.remove(name);
     }
-    // Any other organisation rate-limit header (a new dimension): rare, so only a scan.
-    remove_prefixed(headers, "anthropic-ratelimit-");
+    let ours = |d: Dimension| keep_for.is_some_and(|v| v.get(d).is_some());
+    for (d, names) in &RATE_HEADERS {
+        if !ours(*d) {
+            for name in names {
+                headers.remove(name);
+            }
+        }
+    }
+    // Any other organisation rate-limit header (a new dimension): rare, so only a scan, which
+    // spares the names about to be overwritten.
+    let stray = |k: &HeaderName| {
+        k.as_str().starts_with("anthropic-ratelimit-")
+            && !RATE_HEADERS
+                .iter()
+                .any(|(d, names)| ours(*d) && names.contains(k))
+    };
+    if headers.keys().any(stray) {
+        let doomed: Vec<HeaderName> = headers.keys().filter(|k| stray(k)).cloned().collect();
+        for k in doomed {
+            headers.remove(k);
+        }
+    }
 }
 
 /// Header names built once: inserting or reading by `&str` parses and validates the name on
@@ -263,15 +287,69 @@ mod tests {
         rate_limit_headers(&mut h, &view(250, 3, 0));
         assert_eq!(h["anthropic-ratelimit-requests-limit"], "250");
         // The reset is an RFC 3339 second; one an hour ahead differs from now's.
-        let now = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        let now = h["anthropic-ratelimit-requests-reset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert_eq!(now.len(), "2026-11-21T21:00:00Z".len(), "{now}");
         rate_limit_headers(&mut h, &view(250, 3, 3_600_000_000));
-        let later = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        let later = h["anthropic-ratelimit-requests-reset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(later > now, "{later} vs {now}");
         for _ in 0..10 {
             rate_limit_headers(&mut h, &view(250, 3, 0));
         }
-        let again = h["anthropic-ratelimit-requests-reset"].to_str().unwrap().to_owned();
+        let again = h["anthropic-ratelimit-requests-reset"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(again >= now && again < later, "{again}");
+    }
+
+    #[test]
+    fn org_values_are_overwritten_or_removed_never_shown() {
+        use sluice_limits::backend::BucketView;
+        let mut h = HeaderMap::new();
+        for dim in ["requests", "input-tokens", "output-tokens", "tokens"] {
+            for (what, v) in [("limit", "4000"), ("remaining", "3999"), ("reset", "x")] {
+                let name = format!("anthropic-ratelimit-{dim}-{what}");
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+        }
+        h.insert(
+            "anthropic-ratelimit-priority-input-tokens-limit",
+            "9".parse().unwrap(),
+        );
+        h.insert("request-id", "req_1".parse().unwrap());
+        // The tenant is limited in requests only.
+        let view = TenantView {
+            requests: Some(BucketView {
+                limit: 60,
+                remaining: 59,
+                full_in_us: 1_000_000,
+            }),
+            input_tokens: None,
+            output_tokens: None,
+        };
+        for_client_with_limits(&mut h, &view);
+        assert_eq!(h["anthropic-ratelimit-requests-limit"], "60");
+        assert_eq!(h["anthropic-ratelimit-requests-remaining"], "59");
+        assert_ne!(h["anthropic-ratelimit-requests-reset"], "x");
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left.len(), 4, "{left:?}");
+        assert!(left.contains(&"request-id"));
+        // Without limits, none at all.
+        let mut h2 = HeaderMap::new();
+        h2.insert(
+            "anthropic-ratelimit-requests-limit",
+            "4000".parse().unwrap(),
+        );
+        for_client(&mut h2);
+        assert!(h2.is_empty());
     }
 }

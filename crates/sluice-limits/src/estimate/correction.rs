@@ -40,6 +40,9 @@ struct State {
     /// Moving average of the log ratio.
     mean: f64,
     seen: u32,
+    /// `exp(mean)`, clamped, kept up to date by `observe`: every admission reads it, so it is
+    /// computed once per observation rather than once per call.
+    factor: f64,
 }
 
 /// The learned corrections of every model. Thread-safe; each call takes one short lock.
@@ -96,6 +99,11 @@ impl Correction {
         } else {
             s.mean += c.alpha * (r - s.mean).clamp(-c.max_step, c.max_step);
         }
+        s.factor = if s.seen >= c.warmup {
+            s.mean.exp().clamp(c.min_factor, c.max_factor)
+        } else {
+            1.0
+        };
     }
 
     /// The factor applied to `model`'s estimates now (1 until it has warmed up).
@@ -103,7 +111,7 @@ impl Correction {
         let c = &self.cfg;
         let m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         match m.get(model) {
-            Some(s) if s.seen >= c.warmup => s.mean.exp().clamp(c.min_factor, c.max_factor),
+            Some(s) if s.seen >= c.warmup => s.factor,
             _ => 1.0,
         }
     }
