@@ -7,6 +7,7 @@
 
 use crate::backend::{AdmitRequest, Denial, Outcome, Period, ScopeKind, ScopeView, Settlement};
 use crate::{Buckets, Dimension, admit_keeping, settle};
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -78,11 +79,14 @@ impl LocalBackend {
 
     /// Lock the shards of every scope and of the tenant's spend, in index order (so two
     /// admissions can never deadlock). Returns the guards and, per scope (then the spend), the
-    /// position of its guard. No allocation but the guards' vector: this is the hot path.
+    /// position of its guard. No allocation: this is the hot path.
     fn lock_all<'a>(
         &'a self,
         req: &AdmitRequest,
-    ) -> (Vec<MutexGuard<'a, Shard>>, [usize; MAX_KEYS]) {
+    ) -> (
+        SmallVec<[MutexGuard<'a, Shard>; MAX_KEYS]>,
+        [usize; MAX_KEYS],
+    ) {
         let n = (req.scopes.len() + 1).min(MAX_KEYS);
         let mut idx = [0usize; MAX_KEYS];
         for (slot, s) in idx.iter_mut().zip(&req.scopes) {
@@ -98,7 +102,7 @@ impl LocalBackend {
                 distinct += 1;
             }
         }
-        let mut guards = Vec::with_capacity(distinct);
+        let mut guards = SmallVec::new();
         for &i in &order[..distinct] {
             guards.push(lock(&self.shards[i]));
         }
@@ -118,7 +122,7 @@ impl LocalBackend {
         // Take each scope's buckets (and key) out of its shard for the duration, so the kernel
         // can see them all at once; they go back below whatever happens, under the same key
         // allocation.
-        let mut taken: Vec<(Option<Box<str>>, Buckets)> = scopes
+        let mut taken: SmallVec<[(Option<Box<str>>, Buckets); MAX_KEYS]> = scopes
             .iter()
             .zip(&pos)
             .map(|(s, &p)| {
@@ -151,7 +155,8 @@ impl LocalBackend {
                 Err(d)
             }
             None => {
-                let mut refs: Vec<&mut Buckets> = taken.iter_mut().map(|(_, b)| b).collect();
+                let mut refs: SmallVec<[&mut Buckets; MAX_KEYS]> =
+                    taken.iter_mut().map(|(_, b)| b).collect();
                 admit_keeping(&mut refs, &keep[..nscopes], &req.demand, now_us)
                     .map_err(Denial::from)
             }
