@@ -161,7 +161,7 @@ impl Call {
         let mut resp = e.to_response(&self.request_id);
         if self.exhausted {
             resp.headers_mut()
-                .insert("x-should-retry", HeaderValue::from_static("false"));
+                .insert(SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
         }
         resp
     }
@@ -382,18 +382,13 @@ impl Call {
         self.served = Some((provider, step.index));
         let mut resp = result?;
         self.mark_exhausted(&mut resp);
-        if let Ok(v) = HeaderValue::from_str(&format!(
-            "provider={}; member={name}; model={}; fallback={}",
-            provider.as_str(),
-            step.model,
-            step.index
-        )) {
+        if let Some(v) = served_by(name, provider, step) {
             resp.headers_mut().insert(SERVED_BY.clone(), v);
         }
         self.rec.mark_first_byte();
         if let Some(id) = resp
             .headers()
-            .get("request-id")
+            .get(&REQUEST_ID)
             .and_then(|v| v.to_str().ok())
         {
             self.rec.set_request_id(id);
@@ -404,7 +399,7 @@ impl Call {
     fn mark_exhausted(&self, resp: &mut http::Response<UpstreamBody>) {
         if self.exhausted {
             resp.headers_mut()
-                .insert("x-should-retry", HeaderValue::from_static("false"));
+                .insert(SHOULD_RETRY.clone(), HeaderValue::from_static("false"));
         }
     }
 }
@@ -432,6 +427,44 @@ async fn read_whole(r: http::Response<UpstreamBody>) -> http::Response<UpstreamB
 
 /// Says which provider, member, model and fallback step served a call.
 static SERVED_BY: http::HeaderName = http::HeaderName::from_static("x-sluice-served-by");
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("request-id");
+static SHOULD_RETRY: http::HeaderName = http::HeaderName::from_static("x-should-retry");
+
+/// The `x-sluice-served-by` value. Every reply carries one and nearly all of a thread's replies
+/// carry the same few, so the last one is kept per thread (a hit clones a shared buffer instead
+/// of formatting and allocating).
+fn served_by(name: &str, provider: Provider, step: &Step<'_>) -> Option<HeaderValue> {
+    use std::cell::RefCell;
+    type Last = Option<(String, Provider, u8, String, HeaderValue)>;
+    thread_local! {
+        static LAST: RefCell<Last> = const { RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((n, p, i, model, v)) = last.as_ref()
+            && n == name
+            && *p == provider
+            && *i == step.index
+            && model == step.model
+        {
+            return Some(v.clone());
+        }
+        let v = HeaderValue::from_str(&format!(
+            "provider={}; member={name}; model={}; fallback={}",
+            provider.as_str(),
+            step.model,
+            step.index
+        ))
+        .ok()?;
+        *last = Some((
+            name.to_owned(),
+            provider,
+            step.index,
+            step.model.to_owned(),
+            v.clone(),
+        ));
+        Some(v)
+    })
+}
 
 /// The body with another model (a fallback step's, or a member's own id for it).
 fn swap_model(body: &Bytes, req: &MessageRequest, model: &str) -> Result<Bytes, GatewayError> {

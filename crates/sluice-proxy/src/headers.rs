@@ -148,10 +148,14 @@ pub fn rate_limit_headers(h: &mut HeaderMap, view: &TenantView) {
 // changes only with its config, and a reset time is a whole second that most replies within
 // that second share. A hit is a reference-count increment instead of an allocation (and, for
 // the reset, an RFC 3339 formatting).
+/// A formatted value and what it was formatted from.
+type Slot = Option<(u64, HeaderValue)>;
+
 thread_local! {
-    static LIMITS: std::cell::RefCell<[Option<(u64, HeaderValue)>; 3]> =
+    static LIMITS: std::cell::RefCell<[Slot; 3]> =
         const { std::cell::RefCell::new([None, None, None]) };
-    static RESETS: std::cell::RefCell<([Option<(u64, HeaderValue)>; 4], usize)> =
+    /// Four recent reset seconds, replaced round robin (the `usize`).
+    static RESETS: std::cell::RefCell<([Slot; 4], usize)> =
         const { std::cell::RefCell::new(([None, None, None, None], 0)) };
 }
 
