@@ -224,8 +224,9 @@ impl Policy {
 }
 
 struct PolicyCache {
-    /// Address of the config snapshot the policy was built from.
-    config: usize,
+    /// The config snapshot the policy was built from. A `Weak` keeps its allocation (not its
+    /// value) alive, so a later snapshot can never reuse the address and be mistaken for it.
+    config: std::sync::Weak<Config>,
     policy: Arc<Policy>,
 }
 
@@ -490,7 +491,7 @@ impl Limiter {
             backend,
             origin: Instant::now(),
             policy: ArcSwap::from_pointee(PolicyCache {
-                config: Arc::as_ptr(cfg) as usize,
+                config: Arc::downgrade(cfg),
                 policy: Arc::new(policy),
             }),
             queues: Mutex::new(HashMap::new()),
@@ -518,25 +519,23 @@ impl Limiter {
     /// The policy of `cfg`, built once per snapshot. A snapshot whose policy does not build
     /// (a reload that slipped past validation) keeps the previous policy, and says so.
     pub fn policy(&self, cfg: &Arc<Config>) -> Arc<Policy> {
-        let addr = Arc::as_ptr(cfg) as usize;
         let cur = self.0.policy.load();
-        if cur.config == addr {
+        if std::ptr::eq(cur.config.as_ptr(), Arc::as_ptr(cfg)) {
             return cur.policy.clone();
         }
-        match Policy::build(cfg) {
-            Ok(p) => {
-                let p = Arc::new(p);
-                self.0.policy.store(Arc::new(PolicyCache {
-                    config: addr,
-                    policy: p.clone(),
-                }));
-                p
-            }
+        let policy = match Policy::build(cfg) {
+            Ok(p) => Arc::new(p),
             Err(e) => {
+                // Remembered against this snapshot too, so it is said once, not per call.
                 tracing::error!(error = %e, "new config's limits are invalid; keeping the previous ones");
                 cur.policy.clone()
             }
-        }
+        };
+        self.0.policy.store(Arc::new(PolicyCache {
+            config: Arc::downgrade(cfg),
+            policy: policy.clone(),
+        }));
+        policy
     }
 
     fn now_us(&self) -> u64 {
