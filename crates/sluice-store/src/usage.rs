@@ -1,8 +1,14 @@
-//! Usage reports over the ledger: totals for a time range, grouped by any of tenant, feature
-//! and model. The totals are sums of ledger rows, so they match the ledger exactly.
+//! Usage reports over the ledger: totals for a time range, grouped by any of tenant, feature,
+//! model, key, UTC day and UTC hour. The totals are sums of ledger rows (integers, costs in
+//! micro-dollars), so they match the ledger exactly.
+//!
+//! Every query here is written once and runs on either ledger backend ([`LedgerDb`]): the
+//! SQLite state database or PostgreSQL. The SQL sticks to what both dialects share, casts every
+//! sum to `BIGINT` (Postgres widens `sum(bigint)` to `numeric`) and buckets time with integer
+//! arithmetic on `ts_ms`, so both give identical answers.
 
 use crate::{Store, StoreError};
-use rusqlite::params_from_iter;
+use std::sync::Mutex;
 
 /// A grouping dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,17 +21,74 @@ pub enum GroupBy {
     Model,
     /// By gateway key id.
     Key,
+    /// By UTC day of the call's arrival (`2026-01-31`).
+    Day,
+    /// By UTC hour of the call's arrival (`2026-01-31T13:00Z`).
+    Hour,
 }
 
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+
 impl GroupBy {
+    /// Parse one of `tenant`, `feature`, `model`, `key`, `day`, `hour`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tenant" => Self::Tenant,
+            "feature" => Self::Feature,
+            "model" => Self::Model,
+            "key" => Self::Key,
+            "day" => Self::Day,
+            "hour" => Self::Hour,
+            _ => return None,
+        })
+    }
+
     fn column(self) -> &'static str {
         match self {
             Self::Tenant => "tenant",
             Self::Feature => "COALESCE(feature, '(none)')",
             Self::Model => "COALESCE(model, '(none)')",
             Self::Key => "key_id",
+            // Integer division floors for the (non-negative) timestamps the ledger holds; the
+            // bucket's start is formatted as a date afterwards, identically for both backends.
+            Self::Day => "CAST((ts_ms / 86400000) * 86400000 AS TEXT)",
+            Self::Hour => "CAST((ts_ms / 3600000) * 3600000 AS TEXT)",
         }
     }
+
+    fn is_time(self) -> bool {
+        matches!(self, Self::Day | Self::Hour)
+    }
+
+    fn label(self, raw: String) -> String {
+        let Ok(ms) = raw.parse::<i64>() else {
+            return raw;
+        };
+        match self {
+            Self::Day => utc_date(ms),
+            Self::Hour => format!(
+                "{}T{:02}:00Z",
+                utc_date(ms),
+                ms.rem_euclid(DAY_MS) / HOUR_MS
+            ),
+            _ => raw,
+        }
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time in ms (UTC; proleptic Gregorian, civil-from-days).
+pub fn utc_date(ms: i64) -> String {
+    let z = ms.div_euclid(DAY_MS) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// What to report.
@@ -63,20 +126,186 @@ pub struct UsageRow {
     pub cost_micros: i64,
 }
 
-impl Store {
+impl UsageRow {
+    /// Add `other`'s counts to these (for totals).
+    pub fn add(&mut self, other: &UsageRow) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+        self.cache_read_input_tokens += other.cache_read_input_tokens;
+        self.cost_micros += other.cost_micros;
+    }
+}
+
+/// A query argument.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    Int(i64),
+    Text(String),
+}
+
+/// A value read back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Val {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl Val {
+    pub(crate) fn int(&self) -> i64 {
+        match self {
+            Self::Int(i) => *i,
+            Self::Text(t) => t.parse().unwrap_or(0),
+            Self::Null => 0,
+        }
+    }
+
+    pub(crate) fn text(self) -> String {
+        match self {
+            Self::Int(i) => i.to_string(),
+            Self::Text(t) => t,
+            Self::Null => String::new(),
+        }
+    }
+}
+
+/// Where the ledger is read from: the SQLite state database or PostgreSQL. Both answer every
+/// query identically (the conformance tests hold them to it).
+pub enum LedgerDb {
+    /// The `ledger` table of the SQLite state database.
+    Sqlite(Store),
+    /// The `ledger` table in PostgreSQL (one connection, used by one caller at a time).
+    Postgres(Box<Mutex<postgres::Client>>),
+}
+
+impl std::fmt::Debug for LedgerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend())
+    }
+}
+
+impl LedgerDb {
+    /// The ledger of this deployment: Postgres when `database_url` is set, else `store`'s.
+    /// Connects (and migrates) at once, so an unreachable database is reported here.
+    /// Blocking: call it from a thread that may block (`spawn_blocking` in async code).
+    pub fn open(store: &Store, database_url: Option<&str>) -> Result<Self, StoreError> {
+        match database_url {
+            Some(url) => Self::postgres(url),
+            None => Ok(Self::Sqlite(store.clone())),
+        }
+    }
+
+    /// Connect to the Postgres ledger at `database_url`.
+    pub fn postgres(database_url: &str) -> Result<Self, StoreError> {
+        let cfg = crate::pg::config(database_url)?;
+        Ok(Self::Postgres(Box::new(Mutex::new(crate::pg::connect(
+            &cfg,
+        )?))))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Run `sql` (written with `?N` placeholders) and return `ncols` values per row.
+    pub(crate) fn query(
+        &self,
+        sql: &str,
+        args: &[Arg],
+        ncols: usize,
+    ) -> Result<Vec<Vec<Val>>, StoreError> {
+        match self {
+            Self::Sqlite(store) => {
+                let conn = store.conn()?;
+                let mut stmt = conn.prepare_cached(sql)?;
+                let params = args.iter().map(|a| match a {
+                    Arg::Int(i) => rusqlite::types::Value::Integer(*i),
+                    Arg::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                });
+                let rows = stmt.query_map(rusqlite::params_from_iter(params), |r| {
+                    let mut out = Vec::with_capacity(ncols);
+                    for i in 0..ncols {
+                        out.push(match r.get_ref(i)? {
+                            rusqlite::types::ValueRef::Integer(v) => Val::Int(v),
+                            rusqlite::types::ValueRef::Real(v) => Val::Int(v as i64),
+                            rusqlite::types::ValueRef::Text(t) => {
+                                Val::Text(String::from_utf8_lossy(t).into_owned())
+                            }
+                            rusqlite::types::ValueRef::Blob(_)
+                            | rusqlite::types::ValueRef::Null => Val::Null,
+                        });
+                    }
+                    Ok(out)
+                })?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+            }
+            Self::Postgres(client) => {
+                let sql = dollar_placeholders(sql);
+                let owned: Vec<Box<dyn postgres::types::ToSql + Sync>> = args
+                    .iter()
+                    .map(|a| -> Box<dyn postgres::types::ToSql + Sync> {
+                        match a {
+                            Arg::Int(i) => Box::new(*i),
+                            Arg::Text(t) => Box::new(t.clone()),
+                        }
+                    })
+                    .collect();
+                let params: Vec<&(dyn postgres::types::ToSql + Sync)> =
+                    owned.iter().map(|b| &**b).collect();
+                let mut client = client.lock().map_err(|_| StoreError::Poisoned)?;
+                let rows = client.query(&sql, &params)?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let mut vals = Vec::with_capacity(ncols);
+                    for i in 0..ncols {
+                        use postgres::types::Type;
+                        let ty = row.columns().get(i).map(|c| c.type_().clone());
+                        let v = match ty {
+                            Some(Type::INT8) => row.try_get::<_, Option<i64>>(i)?.map(Val::Int),
+                            Some(Type::INT4) => row
+                                .try_get::<_, Option<i32>>(i)?
+                                .map(|v| Val::Int(v.into())),
+                            Some(Type::INT2) => row
+                                .try_get::<_, Option<i16>>(i)?
+                                .map(|v| Val::Int(v.into())),
+                            _ => row.try_get::<_, Option<String>>(i)?.map(Val::Text),
+                        };
+                        vals.push(v.unwrap_or(Val::Null));
+                    }
+                    out.push(vals);
+                }
+                Ok(out)
+            }
+        }
+    }
+
     /// Spend per tenant (micro-dollars) of calls at or after `since_ms`: seeds the limiter's
     /// budget counters at startup.
     pub fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT tenant, COALESCE(sum(cost_micros), 0) FROM ledger
-             WHERE ts_ms >= ?1 GROUP BY tenant",
+        let rows = self.query(
+            "SELECT tenant, CAST(COALESCE(sum(cost_micros), 0) AS BIGINT) FROM ledger
+             WHERE ts_ms >= ?1 GROUP BY tenant ORDER BY tenant",
+            &[Arg::Int(since_ms)],
+            2,
         )?;
-        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Into::into)
+        Ok(rows
+            .into_iter()
+            .map(|mut r| {
+                let spend = r.get(1).map_or(0, Val::int);
+                (r.swap_remove(0).text(), spend)
+            })
+            .collect())
     }
 
-    /// Totals for `q`, largest token users first.
+    /// Totals for `q`: grouped by time first (chronologically) if a time grouping is asked for,
+    /// then largest token users first.
     pub fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
         let cols: Vec<&str> = q.group_by.iter().map(|g| g.column()).collect();
         let select_cols = if cols.is_empty() {
@@ -97,43 +326,100 @@ impl Store {
         let sql = format!(
             "SELECT {select_cols},
                 count(*),
-                COALESCE(sum(CASE WHEN status BETWEEN 200 AND 299 AND outcome = 'ok' THEN 0 ELSE 1 END), 0),
-                COALESCE(sum(input_tokens), 0), COALESCE(sum(output_tokens), 0), COALESCE(sum(cache_creation_input_tokens), 0),
-                COALESCE(sum(cache_read_input_tokens), 0), COALESCE(sum(cost_micros), 0)
+                CAST(COALESCE(sum(CASE WHEN status BETWEEN 200 AND 299 AND outcome = 'ok' THEN 0 ELSE 1 END), 0) AS BIGINT),
+                CAST(COALESCE(sum(input_tokens), 0) AS BIGINT),
+                CAST(COALESCE(sum(output_tokens), 0) AS BIGINT),
+                CAST(COALESCE(sum(cache_creation_input_tokens), 0) AS BIGINT),
+                CAST(COALESCE(sum(cache_read_input_tokens), 0) AS BIGINT),
+                CAST(COALESCE(sum(cost_micros), 0) AS BIGINT)
              FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 {tenant_clause}
-             {group_clause}
-             ORDER BY sum(input_tokens + output_tokens + cache_creation_input_tokens
-                + cache_read_input_tokens) DESC"
+             {group_clause}"
         );
-        let mut args: Vec<rusqlite::types::Value> = vec![q.since_ms.into(), q.until_ms.into()];
+        let mut args = vec![Arg::Int(q.since_ms), Arg::Int(q.until_ms)];
         if let Some(t) = &q.tenant {
-            args.push(t.clone().into());
+            args.push(Arg::Text(t.clone()));
         }
         let ngroup = cols.len().max(1);
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&sql)?;
-        let rows = stmt.query_map(params_from_iter(args), |r| {
+        let rows = self.query(&sql, &args, ngroup + 7)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mut it = r.into_iter();
             let mut group = Vec::with_capacity(ngroup);
             for i in 0..ngroup {
-                group.push(r.get::<_, String>(i)?);
+                let raw = it.next().unwrap_or(Val::Null).text();
+                group.push(match q.group_by.get(i) {
+                    Some(g) => g.label(raw),
+                    None => raw,
+                });
             }
-            let int = |i: usize| r.get::<_, i64>(i);
-            Ok(UsageRow {
+            let mut int = || it.next().map_or(0, |v| v.int());
+            out.push(UsageRow {
                 group,
-                requests: r.get(ngroup)?,
-                errors: int(ngroup + 1)?,
-                input_tokens: int(ngroup + 2)?,
-                output_tokens: int(ngroup + 3)?,
-                cache_creation_input_tokens: int(ngroup + 4)?,
-                cache_read_input_tokens: int(ngroup + 5)?,
-                cost_micros: int(ngroup + 6)?,
-            })
-        })?;
-        let mut out: Vec<UsageRow> = rows.collect::<Result<_, _>>()?;
+                requests: int(),
+                errors: int(),
+                input_tokens: int(),
+                output_tokens: int(),
+                cache_creation_input_tokens: int(),
+                cache_read_input_tokens: int(),
+                cost_micros: int(),
+            });
+        }
         if cols.is_empty() {
             out.retain(|r| r.requests > 0);
         }
+        // Sorted here rather than in SQL: text order in Postgres follows the database's
+        // collation, and both backends must list groups identically. Time labels sort
+        // chronologically as text.
+        let time_idx: Vec<usize> = (0..q.group_by.len())
+            .filter(|&i| q.group_by.get(i).is_some_and(|g| g.is_time()))
+            .collect();
+        out.sort_by(|a, b| {
+            let times = |r: &UsageRow| -> Vec<String> {
+                time_idx
+                    .iter()
+                    .filter_map(|&i| r.group.get(i).cloned())
+                    .collect()
+            };
+            let tokens = |r: &UsageRow| {
+                r.input_tokens
+                    + r.output_tokens
+                    + r.cache_creation_input_tokens
+                    + r.cache_read_input_tokens
+            };
+            times(a)
+                .cmp(&times(b))
+                .then_with(|| tokens(b).cmp(&tokens(a)))
+                .then_with(|| a.group.cmp(&b.group))
+        });
         Ok(out)
+    }
+}
+
+/// `?1` → `$1`: the queries are written for SQLite; Postgres numbers its parameters with `$`.
+/// (No query here has a `?` inside a string literal.)
+fn dollar_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Spend per tenant (micro-dollars) of calls at or after `since_ms`, from this database's
+    /// ledger. See [`LedgerDb::spend_since`].
+    pub fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        LedgerDb::Sqlite(self.clone()).spend_since(since_ms)
+    }
+
+    /// Totals for `q` from this database's ledger. See [`LedgerDb::usage`].
+    pub fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
+        LedgerDb::Sqlite(self.clone()).usage(q)
     }
 }
 
