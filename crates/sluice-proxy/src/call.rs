@@ -188,6 +188,7 @@ impl CallRecorder {
                     .and_then(|c| i64::try_from(c).ok());
             }
         }
+        self.state.metrics().record(&row);
         self.log(&row);
         if !self.state.ledger().record(row) {
             tracing::error!("ledger queue full or closed: a ledger row was dropped");

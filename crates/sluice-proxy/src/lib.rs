@@ -8,6 +8,7 @@
 //! Admission (limits, budgets) and routing (pools, fallbacks) slot in between parse and forward
 //! as later steps. This crate never imports the control plane.
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod batches;
