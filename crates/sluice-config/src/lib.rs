@@ -14,10 +14,11 @@ pub use limits::{
     usd_to_micros,
 };
 pub use prices::{PriceEntry, PriceTier};
+pub use schema::AlertsConfig;
 
 pub use schema::{
-    AuthConfig, Config, Fallback, FallbackStep, LogConfig, Provider, ServerConfig, StoreConfig,
-    TenantConfig, UpstreamConfig, UpstreamMember,
+    AdminConfig, AdminToken, AuthConfig, Config, Fallback, FallbackStep, LogConfig, Provider,
+    ServerConfig, StoreConfig, TenantConfig, UpstreamConfig, UpstreamMember,
 };
 
 use arc_swap::ArcSwap;
@@ -55,6 +56,19 @@ impl Config {
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
         Ok(cfg)
+    }
+
+    /// Validate a config assembled in code (e.g. the file's plus tenants from the state
+    /// database) with the same rules as a parsed one, and index its tenants.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        self.validate()?;
+        self.tenant_index = self
+            .tenants
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(self)
     }
 
     /// Read, parse and validate a file.
@@ -283,10 +297,49 @@ impl Config {
             p.validate()
                 .map_err(|e| ConfigError::Invalid(format!("[[prices]] {:?}: {e}", p.model)))?;
         }
+        self.validate_admin()?;
+        if let Some(m) = self.alerts.problem() {
+            return bad(m);
+        }
         if self.store.ledger_queue_capacity == 0 || self.store.ledger_batch_max == 0 {
             return bad(
                 "store.ledger_queue_capacity and store.ledger_batch_max must be > 0".into(),
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// `[admin]`: unique token names, each token given exactly one way.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.admin.tokens {
+            if !valid_name(&t.name) {
+                return bad(format!(
+                    "admin.tokens: name {:?}: use 1-64 characters of a-z, 0-9, '-' and '_'",
+                    t.name
+                ));
+            }
+            if !seen.insert(t.name.as_str()) {
+                return bad(format!("admin token {:?} is declared twice", t.name));
+            }
+            match (&t.token_env, &t.token_sha256) {
+                (None, None) | (Some(_), Some(_)) => {
+                    return bad(format!(
+                        "admin token {:?}: set exactly one of token_env and token_sha256",
+                        t.name
+                    ));
+                }
+                (None, Some(h)) if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    return bad(format!(
+                        "admin token {:?}: token_sha256 must be 64 hex digits",
+                        t.name
+                    ));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }

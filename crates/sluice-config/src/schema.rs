@@ -30,6 +30,56 @@ pub struct Config {
     /// Tenant name → position in `tenants`, built at load so the request path does not scan.
     #[serde(skip)]
     pub(crate) tenant_index: std::collections::HashMap<String, usize>,
+    /// The admin API's listener and tokens (issue #5).
+    pub admin: AdminConfig,
+    /// Alert rules and where they are sent (issue #5).
+    pub alerts: AlertsConfig,
+}
+
+/// `[admin]`: the control plane's listener (admin API, `/metrics`) and who may use it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the admin API and `/metrics`.
+    pub enabled: bool,
+    /// Its own address, loopback by default: `/metrics` there needs no token.
+    pub listen: String,
+    /// Watch the config file and reload it when it changes (SIGHUP and `POST /admin/v1/reload`
+    /// work either way).
+    pub watch_config: bool,
+    /// Quiet time after the last change to the file before it is reloaded (editors write in
+    /// several steps).
+    pub watch_debounce_ms: u64,
+    /// `[[admin.tokens]]`: named bearer tokens; the name is the actor in the audit trail.
+    pub tokens: Vec<AdminToken>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8081".into(),
+            watch_config: true,
+            watch_debounce_ms: 300,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One `[[admin.tokens]]` entry: the token itself never sits in the file, only the variable
+/// holding it or its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// Who holds it (`ops-alice`); recorded as the actor of every change made with it.
+    pub name: String,
+    /// Environment variable holding the token.
+    pub token_env: Option<String>,
+    /// SHA-256 of the token, 64 hex digits (`printf %s "$TOKEN" | sha256sum`).
+    pub token_sha256: Option<String>,
+    /// May only read (GET); changes get 403.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// `[server]`.
@@ -245,6 +295,23 @@ pub struct StoreConfig {
     pub ledger_batch_max: usize,
     /// Longest a row waits before its batch is written.
     pub ledger_flush_interval_ms: u64,
+    /// PostgreSQL URL of the ledger (`postgres://user[:password]@host[:port]/db`), shared by
+    /// every replica. Unset: the ledger is in the SQLite database at `path`.
+    pub database_url: Option<String>,
+    /// Where ledger rows wait on disk while Postgres cannot take them. Unset: `<path>-spool`,
+    /// next to the SQLite state file. One gateway process per directory.
+    pub spool_dir: Option<String>,
+    /// Most bytes the spool may take; rows past it are dropped, counted and logged.
+    pub spool_max_bytes: u64,
+}
+
+impl StoreConfig {
+    /// The spool directory in force: `spool_dir`, else `<path>-spool`.
+    pub fn spool_dir(&self) -> String {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| format!("{}-spool", self.path))
+    }
 }
 
 impl Default for StoreConfig {
@@ -254,6 +321,9 @@ impl Default for StoreConfig {
             ledger_queue_capacity: 100_000,
             ledger_batch_max: 2_000,
             ledger_flush_interval_ms: 100,
+            database_url: None,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
         }
     }
 }
@@ -358,4 +428,105 @@ fn one() -> u32 {
 
 fn yes() -> bool {
     true
+}
+
+/// `[alerts]`: rules evaluated in the background and the webhook each firing or resolved
+/// episode is posted to (once per episode, never per call).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// Evaluate the rules at all.
+    pub enabled: bool,
+    /// Where alerts are POSTed as JSON (`http://` or `https://`); unset: log only.
+    pub webhook_url: Option<String>,
+    /// Seconds between evaluations (fractions allowed).
+    pub evaluate_every_secs: f64,
+    /// Longest one webhook POST may take.
+    pub webhook_timeout_ms: u64,
+    /// POST attempts per alert in all (1: never retry).
+    pub webhook_attempts: u32,
+    /// Wait before the first retry, doubled per retry (capped at 60 s).
+    pub webhook_backoff_ms: u64,
+    /// Fire when a tenant has spent at least this percentage of its daily budget (0: off).
+    pub budget_daily_pct: f64,
+    /// Fire when a tenant's prompt-cache hit rate (cache reads over all input tokens) over
+    /// `cache_window_secs` falls below this share (0.0-1.0). Unset: off.
+    pub cache_hit_rate_min: Option<f64>,
+    /// The cache hit rate window.
+    pub cache_window_secs: f64,
+    /// Input tokens a tenant must have sent in the window before its hit rate is judged.
+    pub cache_min_tokens: u64,
+    /// Fire when the share of upstream calls that failed (5xx, 529, unreachable, timeouts,
+    /// broken streams, no member available) over `upstream_error_window_secs` passes this
+    /// (0.0-1.0). Unset: off.
+    pub upstream_error_rate_max: Option<f64>,
+    /// The upstream error rate window.
+    pub upstream_error_window_secs: f64,
+    /// Upstream calls needed in the window before the error rate is judged.
+    pub upstream_error_min_calls: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            webhook_url: None,
+            evaluate_every_secs: 15.0,
+            webhook_timeout_ms: 5_000,
+            webhook_attempts: 5,
+            webhook_backoff_ms: 500,
+            budget_daily_pct: 80.0,
+            cache_hit_rate_min: None,
+            cache_window_secs: 900.0,
+            cache_min_tokens: 100_000,
+            upstream_error_rate_max: Some(0.05),
+            upstream_error_window_secs: 300.0,
+            upstream_error_min_calls: 20,
+        }
+    }
+}
+
+impl AlertsConfig {
+    /// Why this section cannot be used, if it cannot.
+    pub(crate) fn problem(&self) -> Option<String> {
+        if let Some(u) = &self.webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Some(format!(
+                "alerts.webhook_url {u:?} must start with http:// or https://"
+            ));
+        }
+        let positive = [
+            ("evaluate_every_secs", self.evaluate_every_secs),
+            ("cache_window_secs", self.cache_window_secs),
+            (
+                "upstream_error_window_secs",
+                self.upstream_error_window_secs,
+            ),
+        ];
+        if let Some((k, v)) = positive
+            .iter()
+            .find(|(_, v)| !(v.is_finite() && *v >= 0.01))
+        {
+            return Some(format!("alerts.{k} must be at least 0.01 (got {v})"));
+        }
+        if self.webhook_attempts == 0 || self.webhook_attempts > 20 {
+            return Some("alerts.webhook_attempts must be between 1 and 20".into());
+        }
+        if !(0.0..=1000.0).contains(&self.budget_daily_pct) {
+            return Some("alerts.budget_daily_pct must be between 0 (off) and 1000".into());
+        }
+        let shares = [
+            ("cache_hit_rate_min", self.cache_hit_rate_min),
+            ("upstream_error_rate_max", self.upstream_error_rate_max),
+        ];
+        for (k, v) in shares {
+            if let Some(v) = v
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Some(format!("alerts.{k} must be between 0.0 and 1.0 (got {v})"));
+            }
+        }
+        None
+    }
 }

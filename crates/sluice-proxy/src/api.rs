@@ -90,6 +90,8 @@ impl Call {
         let cfg = s.config();
         let now_ms = s.clock().unix_ms();
         let refuse = |e: GatewayError| {
+            // The control plane audits refused keys (rate-limited; never blocks).
+            s.auth_failed(parts, &e);
             tracing::warn!(
                 target: "sluice::auth",
                 request_id = %request_id,

@@ -2,6 +2,7 @@
 //! path (the config snapshot and key ring are `arc-swap`ed; the ledger sender never blocks).
 
 use crate::auth::KeyRing;
+use crate::metrics::Metrics;
 use sluice_config::{Config, SharedConfig};
 use sluice_core::Clock;
 use sluice_limits::limiter::Limiter;
@@ -32,7 +33,14 @@ struct Inner {
     parts: Parts,
     id_prefix: u32,
     id_counter: AtomicU64,
+    metrics: Metrics,
+    auth_failure: std::sync::OnceLock<AuthFailureHook>,
 }
+
+/// Told about every call refused before authentication completed (missing, unknown, revoked
+/// or expired key; unknown or disabled tenant), so the control plane can audit them. It must
+/// not block: the control plane's hook only counts, or `try_send`s to a bounded queue.
+pub type AuthFailureHook = Arc<dyn Fn(&http::request::Parts, &crate::GatewayError) + Send + Sync>;
 
 /// The shared state handle.
 #[derive(Clone)]
@@ -45,11 +53,33 @@ impl AppState {
         // A fixed prefix still yields unique ids within the process; the random part only
         // keeps ids of different processes apart, so a failure here is not fatal.
         let _ = getrandom::fill(&mut seed);
+        let members = parts
+            .upstream
+            .health()
+            .into_iter()
+            .map(|h| Arc::from(h.name))
+            .collect();
+        let metrics = Metrics::new(parts.config.clone(), parts.limiter.clone(), members);
         Self(Arc::new(Inner {
+            metrics,
             parts,
             id_prefix: u32::from_le_bytes(seed),
             id_counter: AtomicU64::new(0),
+            auth_failure: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Install the hook told about refused calls (once; a second hook is ignored and `false`
+    /// returned).
+    pub fn set_auth_failure_hook(&self, hook: AuthFailureHook) -> bool {
+        self.0.auth_failure.set(hook).is_ok()
+    }
+
+    /// A call was refused before authentication completed: tell the hook, if any.
+    pub fn auth_failed(&self, parts: &http::request::Parts, e: &crate::GatewayError) {
+        if let Some(h) = self.0.auth_failure.get() {
+            h(parts, e);
+        }
     }
 
     /// The current config snapshot (an `Arc`, safe to hold across `.await`).
@@ -80,6 +110,11 @@ impl AppState {
     /// The limiter.
     pub fn limiter(&self) -> &Limiter {
         &self.0.parts.limiter
+    }
+
+    /// The metrics registry (rendered by [`crate::metrics::render`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     /// The clock.

@@ -62,6 +62,29 @@ const MIGRATIONS: &[&str] = &[
     // v4: which provider served the call, and which step of its model's fallback chain.
     "ALTER TABLE ledger ADD COLUMN provider TEXT;
      ALTER TABLE ledger ADD COLUMN fallback INTEGER NOT NULL DEFAULT 0;",
+    // v5: a unique id per ledger row, assigned by the ledger writer, so a batch written twice
+    // (replayed from the spool after an unacknowledged commit) is stored once. Older rows: NULL.
+    "ALTER TABLE ledger ADD COLUMN uid TEXT;
+     CREATE UNIQUE INDEX ledger_uid ON ledger (uid);",
+    // v6: tenants managed through the admin API (overlaid on the file's), and the audit chain.
+    "CREATE TABLE tenants (
+        name        TEXT PRIMARY KEY,
+        config      TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL
+     );
+     INSERT INTO meta (k, v) VALUES ('tenants_generation', 0);
+     CREATE TABLE audit (
+        id          INTEGER PRIMARY KEY,
+        ts_ms       INTEGER NOT NULL,
+        actor       TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        before      TEXT,
+        after       TEXT,
+        prev_hash   TEXT NOT NULL,
+        hash        TEXT NOT NULL
+     );
+     CREATE INDEX audit_ts ON audit (ts_ms);",
 ];
 
 /// A handle on the state database for control-plane work (CLI, batch ownership). Cloning is

@@ -172,6 +172,62 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// One key's record.
+    pub fn get_key(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT id, tenant, prefix, label, created_ms, expires_ms, revoked_ms
+             FROM keys WHERE id = ?1",
+            [id],
+            |r| {
+                Ok(KeyRecord {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    prefix: r.get(2)?,
+                    label: r.get(3)?,
+                    created_ms: r.get(4)?,
+                    expires_ms: r.get(5)?,
+                    revoked_ms: r.get(6)?,
+                })
+            },
+        )
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("key {id}")))
+    }
+
+    /// Rotate a key: a new key for the same tenant and label, and the old one expires at
+    /// `now_ms + overlap_ms` (or keeps an earlier expiry), so clients can switch over without a
+    /// gap. Returns the old key's updated record and the new key. A revoked key cannot be
+    /// rotated ([`StoreError::NotFound`] for an unknown one; the caller checks revocation).
+    pub fn rotate_key(
+        &self,
+        id: &str,
+        overlap_ms: i64,
+        now_ms: i64,
+    ) -> Result<(KeyRecord, NewKey), StoreError> {
+        let old = self.get_key(id)?;
+        let new = self.create_key(&old.tenant, &old.label, old.expires_ms, now_ms)?;
+        let until = now_ms.saturating_add(overlap_ms.max(0));
+        let expires = Some(old.expires_ms.map_or(until, |e| e.min(until)));
+        {
+            let conn = self.conn()?;
+            let tx = conn.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
+                params![id, expires],
+            )?;
+            bump_generation(&tx)?;
+            tx.commit()?;
+        }
+        Ok((
+            KeyRecord {
+                expires_ms: expires,
+                ..old
+            },
+            new,
+        ))
+    }
+
     /// A counter bumped by every key change, so the gateway can poll one cheap row to know
     /// whether to reload its key ring.
     pub fn keys_generation(&self) -> Result<i64, StoreError> {

@@ -12,6 +12,7 @@ use sluice_limits::limiter::{Backend, Limiter, day_and_month, period_starts};
 use sluice_limits::local::LocalBackend;
 use sluice_limits::redis::{RedisBackend, RedisOptions};
 use sluice_proxy::{AppState, KeyRing, Parts};
+use sluice_store::ledger::RetryOptions;
 use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
 use sluice_upstream::bedrock::BedrockOptions;
 use sluice_upstream::vertex::{VertexCredentials, VertexOptions};
@@ -193,11 +194,30 @@ async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limit
     let (day, month) = day_and_month(now);
     let (day_start, month_start) = period_starts(now);
     let s = store.clone();
-    let (daily, monthly) = tokio::task::spawn_blocking(move || {
-        Ok::<_, sluice_store::StoreError>((s.spend_since(day_start)?, s.spend_since(month_start)?))
+    let url = cfg.store.database_url.clone();
+    let spend = tokio::task::spawn_blocking(move || {
+        let db = sluice_store::LedgerDb::open(&s, url.as_deref())?;
+        Ok::<_, sluice_store::StoreError>((
+            db.spend_since(day_start)?,
+            db.spend_since(month_start)?,
+        ))
     })
-    .await?
-    .context("cannot read spend so far from the ledger")?;
+    .await?;
+    let (daily, monthly) = match spend {
+        Ok(spend) => spend,
+        // An unreachable shared ledger must not keep the gateway down (its rows are spooled
+        // meanwhile); this replica's budgets then count from zero until its next start.
+        Err(e) if cfg.store.database_url.is_some() => {
+            tracing::error!(
+                error = %e,
+                "cannot read spend so far from the Postgres ledger; budgets start from zero"
+            );
+            (Vec::new(), Vec::new())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context("cannot read spend so far from the ledger"));
+        }
+    };
     for (tenant, micros) in daily {
         let m = u64::try_from(micros).unwrap_or(0);
         limiter.add_spend(&tenant, Period::Day, day, m).await;
@@ -209,17 +229,60 @@ async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limit
     Ok(limiter)
 }
 
+/// Start the ledger writer `[store]` asks for: into PostgreSQL with an on-disk spool when
+/// `database_url` is set, else into the SQLite state database at `sqlite`. On a blocking thread:
+/// opening a spool counts the rows an earlier run left in it.
+async fn start_ledger(
+    store: &sluice_config::StoreConfig,
+    sqlite: std::path::PathBuf,
+) -> anyhow::Result<LedgerWriter> {
+    let opts = LedgerWriterOptions {
+        queue_capacity: store.ledger_queue_capacity,
+        batch_max: store.ledger_batch_max,
+        flush_interval: Duration::from_millis(store.ledger_flush_interval_ms),
+    };
+    let url = store.database_url.clone();
+    let spool = sluice_store::spool::SpoolOptions {
+        max_bytes: store.spool_max_bytes,
+        ..sluice_store::spool::SpoolOptions::new(store.spool_dir())
+    };
+    let writer = tokio::task::spawn_blocking(move || match url {
+        Some(url) => LedgerWriter::start_postgres(&url, spool, opts, RetryOptions::default()),
+        None => LedgerWriter::start(&sqlite, opts),
+    })
+    .await?
+    .context("cannot start the ledger writer")?;
+    if store.database_url.is_some() {
+        tracing::info!(spool_dir = %store.spool_dir(), "ledger: PostgreSQL, spooling to disk while it is unreachable");
+    }
+    Ok(writer)
+}
+
 /// A gateway running in this process.
 pub struct Running {
     addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The data plane's state, once assembled (metrics and other in-process inspection).
+    state: Arc<std::sync::OnceLock<AppState>>,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl Running {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The data plane's state, once the gateway has assembled it (it is by the time it
+    /// answers calls).
+    pub fn state(&self) -> Option<&AppState> {
+        self.state.get()
+    }
+
+    /// Where the admin API listens (`None`: disabled, or its address was taken).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Shut down gracefully and wait until every ledger row is written.
@@ -238,17 +301,39 @@ pub async fn start(
     key: impl Into<Option<Secret>>,
     listener: TcpListener,
 ) -> anyhow::Result<Running> {
+    start_with(cfg, key, listener, ControlOptions::default()).await
+}
+
+/// [`start`] with control-plane options (the config file to reload, the admin listener).
+pub async fn start_with(
+    cfg: Config,
+    key: impl Into<Option<Secret>>,
+    listener: TcpListener,
+    control: ControlOptions,
+) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     // A missing member key is a startup error, not one found at shutdown.
     let members = upstream_members(&cfg, key.into())?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(cfg, members, listener, async move {
+    let state = Arc::new(std::sync::OnceLock::new());
+    let slot = Some(state.clone());
+    let mut control = control;
+    if control.admin_listener.is_none() {
+        control.admin_listener = bind_admin(&cfg).await;
+    }
+    let admin_addr = control
+        .admin_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
+    let task = tokio::spawn(serve(cfg, members, listener, slot, control, async move {
         let _ = rx.await;
     }));
     Ok(Running {
         addr,
         stop: Some(tx),
         task,
+        state,
+        admin_addr,
     })
 }
 
@@ -259,20 +344,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with(cfg, key, listener, ControlOptions::default(), shutdown).await
+}
+
+/// [`run`] with control-plane options (`sluice serve`: the config file, SIGHUP).
+pub async fn run_with(
+    cfg: Config,
+    key: impl Into<Option<Secret>>,
+    listener: TcpListener,
+    mut control: ControlOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let members = upstream_members(&cfg, key.into())?;
-    serve(cfg, members, listener, shutdown).await
+    if control.admin_listener.is_none() {
+        control.admin_listener = bind_admin(&cfg).await;
+    }
+    serve(cfg, members, listener, None, control, shutdown).await
 }
 
 async fn serve(
     cfg: Config,
     members: Vec<MemberOptions>,
     listener: TcpListener,
+    slot: Option<Arc<std::sync::OnceLock<AppState>>>,
+    control: ControlOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let store_path = cfg.store.path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
         .await?
         .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
+    let (cfg, file_cfg, tenants_gen) = with_db_tenants(&store, cfg).await?;
     let keys = Arc::new(KeyRing::new());
     {
         let (k, s) = (keys.clone(), store.clone());
@@ -285,15 +387,7 @@ async fn serve(
         store.clone(),
         Duration::from_millis(cfg.auth.key_refresh_ms.max(50)),
     );
-    let writer = LedgerWriter::start(
-        store.path(),
-        LedgerWriterOptions {
-            queue_capacity: cfg.store.ledger_queue_capacity,
-            batch_max: cfg.store.ledger_batch_max,
-            flush_interval: Duration::from_millis(cfg.store.ledger_flush_interval_ms),
-        },
-    )
-    .context("cannot start the ledger writer")?;
+    let writer = start_ledger(&cfg.store, store.path().to_path_buf()).await?;
     let upstream = Upstream::new(UpstreamOptions {
         name: "anthropic".into(),
         base_url: cfg.upstream.base_url.clone(),
@@ -320,6 +414,7 @@ async fn serve(
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let tenants = cfg.tenants.len();
     let config = sluice_config::shared(cfg);
+    let shared = config.clone();
     let limiter = build_limiter(&config.load_full(), &store).await?;
     let state = AppState::new(Parts {
         limiter,
@@ -330,6 +425,12 @@ async fn serve(
         store,
         clock: Arc::new(SystemClock),
     });
+    // Alert rules run beside the data plane and stop with it.
+    let alerts = sluice_proxy::alerts::spawn(state.clone());
+    if let Some(slot) = slot {
+        let _ = slot.set(state.clone());
+    }
+    let control = start_control(&state, shared, file_cfg, tenants_gen, control)?;
     let app = sluice_proxy::router(state);
     tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
     if tenants == 0 {
@@ -344,6 +445,8 @@ async fn serve(
         // Small request/response exchanges must not wait for Nagle.
         let _ = tcp.set_nodelay(true);
     });
+    // The peer address feeds the audit trail's failed-authentication source.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: draining in-flight calls");
@@ -357,6 +460,8 @@ async fn serve(
         }
     };
     refresher.abort();
+    drop(alerts);
+    drop(control);
     let stats = writer.sender().stats().clone();
     tokio::task::spawn_blocking(move || writer.shutdown()).await?;
     tracing::info!(
@@ -365,4 +470,157 @@ async fn serve(
         "ledger flushed; stopped"
     );
     result
+}
+
+/// Control-plane options of [`start_with`] and [`run_with`].
+#[derive(Debug)]
+pub struct ControlOptions {
+    /// The config file: reloaded on `POST /admin/v1/reload`, SIGHUP and (with
+    /// `admin.watch_config`) when it changes. `None`: reloads re-apply the database's tenants.
+    pub config_path: Option<std::path::PathBuf>,
+    /// The admin listener; `None`: bind `admin.listen` when `admin.enabled`.
+    pub admin_listener: Option<TcpListener>,
+    /// Reload on SIGHUP (`sluice serve`; not for gateways inside another program).
+    pub sighup: bool,
+    /// Window of the failed-authentication audit events (one per source per window).
+    pub auth_failure_window: Duration,
+}
+
+impl Default for ControlOptions {
+    fn default() -> Self {
+        Self {
+            config_path: None,
+            admin_listener: None,
+            sighup: false,
+            auth_failure_window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Bind `admin.listen`. A taken address does not stop the gateway (the data plane does not
+/// need the admin API); it is logged as an error.
+async fn bind_admin(cfg: &Config) -> Option<TcpListener> {
+    if !cfg.admin.enabled {
+        return None;
+    }
+    match TcpListener::bind(&cfg.admin.listen).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(
+                listen = %cfg.admin.listen,
+                error = %e,
+                "cannot listen for the admin API; it and /metrics are unavailable (set [admin] listen, or enabled = false)"
+            );
+            None
+        }
+    }
+}
+
+/// The file's config with the state database's tenants overlaid: (effective, file, tenants
+/// generation).
+async fn with_db_tenants(store: &Store, file: Config) -> anyhow::Result<(Config, Config, i64)> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let (cfg, generation) =
+            sluice_admin::reload::startup_config(&s, &file).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((cfg, file, generation))
+    })
+    .await?
+}
+
+/// The control plane's tasks; dropping it stops them.
+struct Control {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watch: Option<sluice_admin::watch::FileWatch>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Start the admin API, the reload triggers and the failed-authentication auditor.
+fn start_control(
+    state: &AppState,
+    shared: sluice_config::SharedConfig,
+    file: Config,
+    tenants_gen: i64,
+    opts: ControlOptions,
+) -> anyhow::Result<Control> {
+    use sluice_admin::{Admin, Reloader, auth};
+    let cfg = shared.load_full();
+    let resolver: auth::TokenResolver =
+        Arc::new(|t| auth::resolve_tokens(t, |var| std::env::var(var).ok()));
+    let reloader = Arc::new(
+        Reloader::new(
+            state.clone(),
+            shared,
+            state.store().clone(),
+            opts.config_path,
+            file,
+            tenants_gen,
+            resolver,
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let mut tasks = Vec::new();
+    let (hook, t) = sluice_admin::authfail::spawn(
+        state.store().clone(),
+        opts.auth_failure_window,
+        Arc::new(|| SystemClock.unix_ms()),
+    );
+    state.set_auth_failure_hook(hook);
+    tasks.push(t);
+    tasks.push(sluice_admin::watch::poll_tenants(
+        reloader.clone(),
+        Duration::from_millis(cfg.auth.key_refresh_ms.max(50)),
+    ));
+    let watch = if cfg.admin.watch_config {
+        sluice_admin::watch::watch_file(
+            reloader.clone(),
+            Duration::from_millis(cfg.admin.watch_debounce_ms),
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "config file not watched (SIGHUP and POST /admin/v1/reload still work)");
+            None
+        })
+    } else {
+        None
+    };
+    if let Some(l) = opts.admin_listener {
+        let addr = l.local_addr()?;
+        let app = sluice_admin::router(Admin::new(reloader.clone()));
+        tracing::info!(admin = %addr, tokens = cfg.admin.tokens.len(), "admin API listening");
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        }));
+    }
+    #[cfg(unix)]
+    if opts.sighup {
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let r = reloader.clone();
+        tasks.push(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                let r = r.clone();
+                match tokio::task::spawn_blocking(move || r.reload("signal:SIGHUP", true)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(
+                        target: "sluice::reload",
+                        error = %e,
+                        "config reload on SIGHUP refused; the running config stays"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "reload task failed"),
+                }
+            }
+        }));
+    }
+    Ok(Control {
+        tasks,
+        _watch: watch,
+    })
 }

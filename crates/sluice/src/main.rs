@@ -12,6 +12,9 @@ fn main() -> anyhow::Result<()> {
     match &cli.command {
         Command::Keys(k) => cli::keys(&cli, k),
         Command::Usage(u) => cli::usage(&cli, u),
+        Command::Tenants(t) => cli::tenants(&cli, t),
+        Command::Audit(a) => cli::audit(&cli, a),
+        Command::Report(r) => cli::report(&cli, r),
         Command::Serve(a) => runtime()?.block_on(serve(&cli, a)),
         Command::Demo(a) => runtime()?.block_on(demo(a)),
         Command::Mock(a) => runtime()?.block_on(mock(a)),
@@ -63,7 +66,13 @@ async fn serve(cli: &Cli, args: &cli::ServeArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;
-    gateway::run(cfg, key, listener, shutdown_signal()).await
+    // The file is re-read on SIGHUP, on `POST /admin/v1/reload` and when it changes.
+    let control = gateway::ControlOptions {
+        config_path: cli.config.exists().then(|| cli.config.clone()),
+        sighup: true,
+        ..gateway::ControlOptions::default()
+    };
+    gateway::run_with(cfg, key, listener, control, shutdown_signal()).await
 }
 
 async fn mock(args: &cli::MockArgs) -> anyhow::Result<()> {

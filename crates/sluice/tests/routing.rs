@@ -96,8 +96,11 @@ fn served_by(r: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
-/// `(upstream, provider, fallback, model_served, cost_micros)` of every ledger row.
-fn served_rows(env: &Env) -> Vec<(String, String, i64, Option<String>, Option<i64>)> {
+/// `(upstream, provider, fallback, model_served, cost_micros)` of a ledger row.
+type Served = (String, String, i64, Option<String>, Option<i64>);
+
+/// [`Served`] of every ledger row.
+fn served_rows(env: &Env) -> Vec<Served> {
     let c = rusqlite::Connection::open(&env.db).unwrap();
     let mut s = c
         .prepare(
