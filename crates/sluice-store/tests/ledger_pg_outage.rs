@@ -220,8 +220,8 @@ fn a_writer_started_while_the_database_is_down_keeps_its_rows_across_a_restart()
         db.scalar("SELECT count(DISTINCT request_id) FROM ledger"),
         301
     );
-    let replayed = s.stats().replayed.load(Ordering::Relaxed)
-        + first.replayed.load(Ordering::Relaxed);
+    let replayed =
+        s.stats().replayed.load(Ordering::Relaxed) + first.replayed.load(Ordering::Relaxed);
     assert!(replayed >= 300, "{replayed}");
     assert_eq!(segments(spool.path()), 0);
     w.shutdown();
