@@ -58,7 +58,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: "127.0.0.1:8081".into(),
+            listen: "127.0.0.1:8091".into(),
             watch_config: true,
             watch_debounce_ms: 300,
             tokens: Vec::new(),

@@ -59,6 +59,7 @@ async fn binary_end_to_end_never_leaks_the_upstream_key() {
              [upstream]\nbase_url = \"http://127.0.0.1:{mock_port}\"\n\
              [store]\npath = {:?}\n\
              [auth]\nkey_refresh_ms = 50\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
              [[tenants]]\nname = \"web\"\n[[tenants]]\nname = \"email\"\n",
             dir.path().join("sluice.db").display().to_string()
         ),

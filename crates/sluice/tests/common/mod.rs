@@ -97,7 +97,7 @@ path = {db:?}
 ledger_flush_interval_ms = 10
 [auth]
 key_refresh_ms = 50
-{sections}
+{admin}{sections}
 [[tenants]]
 name = "web"
 {web_extra}
@@ -111,6 +111,12 @@ enabled = false
 "#,
         extra = opts.extra_config,
         upstream_extra = upstream_extra,
+        // Every gateway of a test run gets its own admin port (unless the test sets its own).
+        admin = if opts.sections.contains("[admin]") {
+            ""
+        } else {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        },
         sections = opts.sections,
         web_extra = opts.web_extra,
         email_extra = opts.email_extra,
