@@ -464,6 +464,12 @@ pub struct AlertsConfig {
     pub upstream_error_window_secs: f64,
     /// Upstream calls needed in the window before the error rate is judged.
     pub upstream_error_min_calls: u64,
+    /// Fire when an org pool bucket (a model class's requests, input or output tokens) has
+    /// stayed under this percentage of its limit for `org_headroom_for_secs` (in-process
+    /// limiter). Unset: off.
+    pub org_headroom_min_pct: Option<f64>,
+    /// How long the org pool must stay under `org_headroom_min_pct` before it fires.
+    pub org_headroom_for_secs: f64,
 }
 
 impl Default for AlertsConfig {
@@ -482,6 +488,8 @@ impl Default for AlertsConfig {
             upstream_error_rate_max: Some(0.05),
             upstream_error_window_secs: 300.0,
             upstream_error_min_calls: 20,
+            org_headroom_min_pct: Some(10.0),
+            org_headroom_for_secs: 300.0,
         }
     }
 }
@@ -515,6 +523,15 @@ impl AlertsConfig {
         }
         if !(0.0..=1000.0).contains(&self.budget_daily_pct) {
             return Some("alerts.budget_daily_pct must be between 0 (off) and 1000".into());
+        }
+        if self
+            .org_headroom_min_pct
+            .is_some_and(|p| !(0.0..=100.0).contains(&p))
+        {
+            return Some("alerts.org_headroom_min_pct must be between 0 and 100".into());
+        }
+        if !(self.org_headroom_for_secs.is_finite() && self.org_headroom_for_secs >= 0.0) {
+            return Some("alerts.org_headroom_for_secs must be 0 or more".into());
         }
         let shares = [
             ("cache_hit_rate_min", self.cache_hit_rate_min),

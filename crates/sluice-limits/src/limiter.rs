@@ -230,6 +230,23 @@ struct PolicyCache {
     policy: Arc<Policy>,
 }
 
+/// One bucket's state, as [`Limiter::headroom`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Headroom {
+    /// Tenant, tenant-and-class, or org pool.
+    pub kind: ScopeKind,
+    /// The tenant (tenant scopes).
+    pub tenant: Option<Arc<str>>,
+    /// The model class (class scopes and org pools).
+    pub class: Option<Arc<str>>,
+    /// Which dimension.
+    pub dimension: Dimension,
+    /// Its per-minute limit.
+    pub limit: u64,
+    /// Whole units left now (0 while in debt).
+    pub remaining: u64,
+}
+
 /// Counters for metrics and tests.
 #[derive(Debug, Default)]
 pub struct LimiterStats {
@@ -504,6 +521,52 @@ impl Limiter {
             prefixes: Mutex::new(HashMap::new()),
             stats: LimiterStats::default(),
         })))
+    }
+
+    /// Every configured bucket's state now, for metrics: one entry per scope (the tenant, the
+    /// tenant in a model class, the org pool of a class) and dimension it limits. Only the
+    /// in-process backend answers (a Redis read per scrape and replica would be a round trip
+    /// per bucket; the shared state is Redis's own to export); with Redis this is empty.
+    pub fn headroom(&self, cfg: &Arc<Config>) -> Vec<Headroom> {
+        let Backend::Local(b) = &self.0.backend else {
+            return Vec::new();
+        };
+        let policy = self.policy(cfg);
+        let now = self.now_us();
+        let mut out = Vec::new();
+        let mut push = |scope: &Scope, tenant: Option<&str>, class: Option<&Arc<str>>| {
+            let view = b.view(scope, now);
+            for d in Dimension::ALL {
+                if let Some(v) = view.get(d) {
+                    out.push(Headroom {
+                        kind: scope.kind,
+                        tenant: tenant.map(Arc::from),
+                        class: class.cloned(),
+                        dimension: d,
+                        limit: v.limit,
+                        remaining: v.remaining,
+                    });
+                }
+            }
+        };
+        for (name, t) in &policy.tenants {
+            if let Some(w) = &t.wide {
+                push(w, Some(name), None);
+            }
+            for (class, scope) in &t.by_class {
+                push(scope, Some(name), Some(class));
+            }
+        }
+        for (class, scope) in &policy.org {
+            push(scope, None, Some(class));
+        }
+        out
+    }
+
+    /// Calls waiting in each model class's fair queue now.
+    pub fn queue_depths(&self) -> Vec<(Arc<str>, usize)> {
+        let q = self.0.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        q.iter().map(|(c, f)| (c.clone(), f.len())).collect()
     }
 
     /// Counters.

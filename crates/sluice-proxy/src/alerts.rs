@@ -16,6 +16,7 @@
 //! | `budget_daily` | `tenant` | the tenant's spend today ≥ `budget_daily_pct` % of `budget_daily_usd` |
 //! | `cache_hit_rate` | `tenant` | cache reads / (input + cache writes + cache reads) over `cache_window_secs` < `cache_hit_rate_min` (with at least `cache_min_tokens` in the window) |
 //! | `upstream_error_rate` | — | failed upstream calls / upstream calls over `upstream_error_window_secs` > `upstream_error_rate_max` (with at least `upstream_error_min_calls` in the window) |
+//! | `org_headroom` | `class`, `dimension` | an org pool bucket has stayed under `org_headroom_min_pct` % of its limit for `org_headroom_for_secs` (in-process limiter) |
 //!
 //! A rule that cannot judge (too little traffic in its window, a spend the backend cannot read
 //! synchronously) keeps its episode's state: quiet traffic neither starts nor ends an episode.
@@ -44,10 +45,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// The rule names (the `alert` field, the `alert` label of `sluice_alerts_firing`).
-pub const RULES: &[&str] = &[BUDGET, CACHE, UPSTREAM];
+pub const RULES: &[&str] = &[BUDGET, CACHE, UPSTREAM, ORG];
 const BUDGET: &str = "budget_daily";
 const CACHE: &str = "cache_hit_rate";
 const UPSTREAM: &str = "upstream_error_rate";
+const ORG: &str = "org_headroom";
 
 /// Notifications waiting for the sender; past this they are dropped.
 const QUEUE: usize = 256;
@@ -157,6 +159,8 @@ struct Evaluator {
     history: VecDeque<Sample>,
     /// Episodes firing now, with the last value seen.
     firing: HashMap<Key, (f64, f64)>,
+    /// Since when each org pool bucket (class, dimension) has been under its threshold.
+    org_low_since: HashMap<(Arc<str>, &'static str), Instant>,
 }
 
 impl Evaluator {
@@ -165,6 +169,7 @@ impl Evaluator {
             state,
             history: VecDeque::new(),
             firing: HashMap::new(),
+            org_low_since: HashMap::new(),
         };
         let first = e.sample(Instant::now());
         e.history.push_back(first);
@@ -190,7 +195,7 @@ impl Evaluator {
     }
 
     /// Judge every rule now and return the episodes that started or ended.
-    fn evaluate(&mut self, cfg: &Config, now: Instant, unix_ms: i64) -> Vec<Notification> {
+    fn evaluate(&mut self, cfg: &Arc<Config>, now: Instant, unix_ms: i64) -> Vec<Notification> {
         let a = &cfg.alerts;
         let current = self.sample(now);
         let mut verdicts = Vec::new();
@@ -198,6 +203,7 @@ impl Evaluator {
             self.budget(cfg, unix_ms, &mut verdicts);
             self.cache(cfg, &current, now, &mut verdicts);
             self.upstream(a, &current, now, &mut verdicts);
+            self.org_headroom(cfg, now, &mut verdicts);
         }
         let max_window = Duration::from_secs_f64(
             a.cache_window_secs
@@ -365,6 +371,63 @@ impl Evaluator {
                 max * 100.0
             ),
         });
+    }
+}
+
+impl Evaluator {
+    /// Org pool headroom: a bucket under the threshold for the whole hold time fires (a burst
+    /// that the pool absorbs in seconds is what it is for); one back above it resolves.
+    fn org_headroom(&mut self, cfg: &Arc<Config>, now: Instant, out: &mut Vec<Verdict>) {
+        let a = &cfg.alerts;
+        let Some(min) = a.org_headroom_min_pct else {
+            return;
+        };
+        let hold = Duration::from_secs_f64(a.org_headroom_for_secs.max(0.0));
+        let mut seen = Vec::new();
+        for h in self.state.limiter().headroom(cfg) {
+            let (sluice_limits::backend::ScopeKind::Org, Some(class)) = (h.kind, &h.class) else {
+                continue;
+            };
+            if h.limit == 0 {
+                continue;
+            }
+            let dim = dimension_name(h.dimension);
+            let pct = h.remaining as f64 / h.limit as f64 * 100.0;
+            let key = (class.clone(), dim);
+            seen.push(key.clone());
+            let holds = if pct < min {
+                let since = *self.org_low_since.entry(key).or_insert(now);
+                now.saturating_duration_since(since) >= hold
+            } else {
+                self.org_low_since.remove(&key);
+                false
+            };
+            out.push(Verdict {
+                rule: ORG,
+                labels: BTreeMap::from([
+                    ("class".to_owned(), class.to_string()),
+                    ("dimension".to_owned(), dim.to_owned()),
+                ]),
+                holds: Some(holds),
+                value: pct,
+                threshold: min,
+                summary: format!(
+                    "org pool {class}: {pct:.1}% of its {} left (alert under {min}% for {}s)",
+                    h.dimension.describe(),
+                    a.org_headroom_for_secs
+                ),
+            });
+        }
+        self.org_low_since.retain(|k, _| seen.contains(k));
+    }
+}
+
+/// A dimension's label value.
+pub(crate) fn dimension_name(d: sluice_limits::Dimension) -> &'static str {
+    match d {
+        sluice_limits::Dimension::Requests => "requests",
+        sluice_limits::Dimension::InputTokens => "input_tokens",
+        sluice_limits::Dimension::OutputTokens => "output_tokens",
     }
 }
 

@@ -969,6 +969,51 @@ fn scrape_limiter(t: &mut Text, state: &AppState) {
         &[],
         get(&s.wait_us_total) as f64 / 1e6,
     );
+    t.family(
+        "sluice_limiter_queue_depth",
+        "gauge",
+        "Calls waiting for room in each model class's fair queue.",
+    );
+    for (class, depth) in l.queue_depths() {
+        t.sample("sluice_limiter_queue_depth", &[("class", &class)], depth);
+    }
+    // Bucket headroom (in-process limiter; Redis holds the shared state and exports it).
+    let cfg = state.config();
+    let buckets = l.headroom(&cfg);
+    for (name, help, pick) in [
+        (
+            "sluice_bucket_limit",
+            "Per-minute limit of each configured bucket: scope tenant | tenant_class | org, by tenant, class and dimension.",
+            true,
+        ),
+        (
+            "sluice_bucket_remaining",
+            "What is left in each configured bucket now (0 while in debt).",
+            false,
+        ),
+    ] {
+        t.family(name, "gauge", help);
+        for h in &buckets {
+            let scope = match h.kind {
+                sluice_limits::backend::ScopeKind::Tenant => "tenant",
+                sluice_limits::backend::ScopeKind::TenantClass => "tenant_class",
+                sluice_limits::backend::ScopeKind::Org => "org",
+            };
+            let tenant = h.tenant.as_deref().unwrap_or("");
+            let class = h.class.as_deref().unwrap_or("");
+            let dim = crate::alerts::dimension_name(h.dimension);
+            t.sample(
+                name,
+                &[
+                    ("class", class),
+                    ("dimension", dim),
+                    ("scope", scope),
+                    ("tenant", tenant),
+                ],
+                if pick { h.limit } else { h.remaining },
+            );
+        }
+    }
     let (backend, status) = match l.backend() {
         Backend::Local(_) => ("local", None),
         Backend::Redis(r) => ("redis", Some(r.status())),

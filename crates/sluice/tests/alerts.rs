@@ -228,3 +228,35 @@ fn the_alerts_section_has_defaults_and_refuses_nonsense() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_org_pool_that_stays_short_fires_once_with_its_class_and_dimension() {
+    let hook = hook(0).await;
+    let env = env_with(Opts {
+        sections: format!(
+            "{}[org.classes.sonnet-4]\nrequests_per_minute = 2\n",
+            alerts_section(
+                &hook,
+                "org_headroom_min_pct = 60.0\norg_headroom_for_secs = 0.3\nupstream_error_rate_max = 1.0"
+            )
+        ),
+        ..Opts::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let got = hook.wait_for(1, 5).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let a = &got[0];
+    assert_eq!(a["alert"], "org_headroom", "{a}");
+    assert_eq!(a["state"], "firing");
+    assert_eq!(a["labels"]["class"], "sonnet-4");
+    assert_eq!(a["labels"]["dimension"], "requests");
+    assert!(a["value"].as_f64().unwrap() < 60.0, "{a}");
+    // It stays one episode while the pool stays short.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(hook.alerts().len(), 1, "{:?}", hook.alerts());
+}

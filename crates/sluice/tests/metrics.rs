@@ -222,6 +222,26 @@ fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 #[tokio::test]
+async fn bucket_headroom_and_queue_depth_are_scraped() {
+    let env = mixed_traffic().await;
+    let s = scrape(&env);
+    // The email tenant (1 request per minute) spent its one request; its limit is shown.
+    let key =
+        |m: &str| format!(r#"{m}{{class="",dimension="requests",scope="tenant",tenant="email"}}"#);
+    assert_eq!(value(&s, &key("sluice_bucket_limit")), Some(1.0), "{s}");
+    assert_eq!(value(&s, &key("sluice_bucket_remaining")), Some(0.0), "{s}");
+    // Unlimited dimensions and tenants have no bucket, so no series.
+    assert!(!s.contains(r#"dimension="input_tokens",scope="tenant",tenant="email""#));
+    assert!(!s.contains(r#"scope="tenant",tenant="web""#));
+    // Every class a call went through has a queue, empty now.
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("sluice_limiter_queue_depth{class=") && l.ends_with(" 0")),
+        "{s}"
+    );
+}
+
+#[tokio::test]
 async fn every_metric_the_dashboard_queries_is_in_a_real_scrape() {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
