@@ -4,6 +4,7 @@
 //! and [`Store::verify_audit`] names it. Deleting only the newest events is not detectable from
 //! the chain alone (nothing comes after them); keep the latest hash elsewhere for that.
 
+use crate::db::Db;
 use crate::{Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
@@ -172,6 +173,67 @@ pub(crate) fn append_in(tx: &Transaction<'_>, ev: &NewEvent) -> Result<AuditEven
     })
 }
 
+/// Append `ev` inside the Postgres transaction `tx`. The transaction-scoped advisory lock
+/// serialises appenders across every replica (and the CLI) until commit, so the chain stays
+/// one line; the primary key on `id` would reject a fork anyway, but as an error rather than a
+/// wait. Under READ COMMITTED the read of the last event runs after the lock is granted, so
+/// it sees the previous appender's committed event.
+pub(crate) fn pg_append_in(
+    tx: &mut postgres::Transaction<'_>,
+    ev: &NewEvent,
+) -> Result<AuditEvent, StoreError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[&crate::pgstate::AUDIT_LOCK],
+    )?;
+    let last = tx.query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", &[])?;
+    let (id, prev_hash) = match last {
+        Some(r) => (r.get::<_, i64>(0) + 1, r.get::<_, String>(1)),
+        None => (1, GENESIS_HASH.to_owned()),
+    };
+    let hash = event_hash(&prev_hash, id, ev);
+    tx.execute(
+        "INSERT INTO audit (id, ts_ms, actor, action, target, before, after, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &id as crate::pgstate::P<'_>,
+            &ev.ts_ms,
+            &ev.actor,
+            &ev.action,
+            &ev.target,
+            &ev.before,
+            &ev.after,
+            &prev_hash,
+            &hash,
+        ],
+    )?;
+    Ok(AuditEvent {
+        id,
+        ts_ms: ev.ts_ms,
+        actor: ev.actor.clone(),
+        action: ev.action.clone(),
+        target: ev.target.clone(),
+        before: ev.before.clone(),
+        after: ev.after.clone(),
+        prev_hash,
+        hash,
+    })
+}
+
+fn pg_row(r: &postgres::Row) -> AuditEvent {
+    AuditEvent {
+        id: r.get(0),
+        ts_ms: r.get(1),
+        actor: r.get(2),
+        action: r.get(3),
+        target: r.get(4),
+        before: r.get(5),
+        after: r.get(6),
+        prev_hash: r.get(7),
+        hash: r.get(8),
+    }
+}
+
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEvent> {
     Ok(AuditEvent {
         id: r.get(0)?,
@@ -191,7 +253,17 @@ const COLUMNS: &str = "id, ts_ms, actor, action, target, before, after, prev_has
 impl Store {
     /// Append one event to the chain.
     pub fn append_audit(&self, ev: &NewEvent) -> Result<AuditEvent, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    let mut tx = c.transaction()?;
+                    let e = pg_append_in(&mut tx, ev)?;
+                    tx.commit()?;
+                    Ok(e)
+                });
+            }
+        };
         let tx = immediate(&conn)?;
         let e = append_in(&tx, ev)?;
         tx.commit()?;
@@ -205,8 +277,25 @@ impl Store {
         since_ms: Option<i64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError> {
-        let conn = self.conn()?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                let since = since_ms.unwrap_or(i64::MIN);
+                return pg.with(|c| {
+                    Ok(c.query(
+                        &format!(
+                            "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM audit WHERE ts_ms >= $1
+                             ORDER BY id DESC LIMIT $2) AS newest ORDER BY id"
+                        ),
+                        &[&since as crate::pgstate::P<'_>, &limit],
+                    )?
+                    .iter()
+                    .map(pg_row)
+                    .collect())
+                });
+            }
+        };
         let mut stmt = conn.prepare(&format!(
             "SELECT {COLUMNS} FROM (SELECT {COLUMNS} FROM audit WHERE ts_ms >= ?1
              ORDER BY id DESC LIMIT ?2) ORDER BY id"
@@ -219,54 +308,112 @@ impl Store {
     /// does not match the event's fields, a `prev_hash` that is not the previous event's hash,
     /// or a gap in the ids (a deleted event).
     pub fn verify_audit(&self) -> Result<Verification, StoreError> {
-        let conn = self.conn()?;
-        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY id"))?;
-        let mut rows = stmt.query([])?;
-        let mut prev = GENESIS_HASH.to_owned();
-        let mut expected_id = 1;
-        let mut events = 0u64;
-        while let Some(r) = rows.next()? {
-            let e = row(r)?;
-            let broken = |reason: String| Verification {
-                events,
-                head: prev.clone(),
-                broken: Some(BrokenLink { id: e.id, reason }),
-            };
-            if e.id != expected_id {
-                return Ok(broken(format!(
-                    "expected event {expected_id} next, found {} (events deleted or renumbered)",
-                    e.id
-                )));
+        let sql = format!("SELECT {COLUMNS} FROM audit ORDER BY id");
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                let mut stmt = conn.prepare(&sql)?;
+                let rows = stmt.query_map([], row)?;
+                verify_chain(rows.map(|r| r.map_err(StoreError::from)))
             }
-            if e.prev_hash != prev {
-                return Ok(broken(
-                    "prev_hash is not the previous event's hash (an event before it was changed or removed)"
-                        .into(),
-                ));
-            }
-            let ev = NewEvent {
-                ts_ms: e.ts_ms,
-                actor: e.actor.clone(),
-                action: e.action.clone(),
-                target: e.target.clone(),
-                before: e.before.clone(),
-                after: e.after.clone(),
-            };
-            if event_hash(&prev, e.id, &ev) != e.hash {
-                return Ok(broken(
-                    "hash does not match the event's fields (the event was edited)".into(),
-                ));
-            }
-            prev = e.hash;
-            expected_id += 1;
-            events += 1;
+            Db::Postgres(pg) => pg.with(|c| {
+                // Streamed through a portal rather than loaded whole: the chain only grows.
+                let mut tx = c.transaction()?;
+                let portal = tx.bind(&sql, &[])?;
+                let mut state = ChainCheck::default();
+                loop {
+                    let batch = tx.query_portal(&portal, 1000)?;
+                    if batch.is_empty() {
+                        break;
+                    }
+                    for r in &batch {
+                        if let Some(v) = state.check(pg_row(r)) {
+                            return Ok(v);
+                        }
+                    }
+                }
+                Ok(state.done())
+            }),
         }
-        Ok(Verification {
-            events,
-            head: prev,
-            broken: None,
-        })
     }
+}
+
+/// The walk along the chain shared by both backends.
+struct ChainCheck {
+    prev: String,
+    expected_id: i64,
+    events: u64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        Self {
+            prev: GENESIS_HASH.to_owned(),
+            expected_id: 1,
+            events: 0,
+        }
+    }
+}
+
+impl ChainCheck {
+    /// Check the next event: `Some` (the outcome) at the first broken link.
+    fn check(&mut self, e: AuditEvent) -> Option<Verification> {
+        let broken = |reason: String| Verification {
+            events: self.events,
+            head: self.prev.clone(),
+            broken: Some(BrokenLink { id: e.id, reason }),
+        };
+        if e.id != self.expected_id {
+            return Some(broken(format!(
+                "expected event {} next, found {} (events deleted or renumbered)",
+                self.expected_id, e.id
+            )));
+        }
+        if e.prev_hash != self.prev {
+            return Some(broken(
+                "prev_hash is not the previous event's hash (an event before it was changed or removed)"
+                    .into(),
+            ));
+        }
+        let ev = NewEvent {
+            ts_ms: e.ts_ms,
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            target: e.target.clone(),
+            before: e.before.clone(),
+            after: e.after.clone(),
+        };
+        if event_hash(&self.prev, e.id, &ev) != e.hash {
+            return Some(broken(
+                "hash does not match the event's fields (the event was edited)".into(),
+            ));
+        }
+        self.prev = e.hash;
+        self.expected_id += 1;
+        self.events += 1;
+        None
+    }
+
+    /// The outcome of an unbroken chain.
+    fn done(self) -> Verification {
+        Verification {
+            events: self.events,
+            head: self.prev,
+            broken: None,
+        }
+    }
+}
+
+/// Walk `rows` (in id order) along the chain.
+fn verify_chain(
+    rows: impl Iterator<Item = Result<AuditEvent, StoreError>>,
+) -> Result<Verification, StoreError> {
+    let mut state = ChainCheck::default();
+    for e in rows {
+        if let Some(v) = state.check(e?) {
+            return Ok(v);
+        }
+    }
+    Ok(state.done())
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Which tenant owns which message batch. The upstream sees one organisation; Sluice keeps the
 //! ownership so that a tenant can only see, cancel, delete and fetch results of its own batches.
 
+use crate::db::Db;
+use crate::pgstate::P;
 use crate::{Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
@@ -22,27 +24,54 @@ impl Store {
         key_id: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "INSERT OR IGNORE INTO batches (id, tenant, key_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![id, tenant, key_id, now_ms],
-        )?;
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                conn.execute(
+                    "INSERT OR IGNORE INTO batches (id, tenant, key_id, created_ms)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![id, tenant, key_id, now_ms],
+                )?;
+            }
+            Db::Postgres(pg) => {
+                pg.with(|c| {
+                    Ok(c.execute(
+                        "INSERT INTO batches (id, tenant, key_id, created_ms)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+                        &[&id as P<'_>, &tenant, &key_id, &now_ms],
+                    )?)
+                })?;
+            }
+        }
         Ok(())
     }
 
     /// The tenant owning batch `id`, if Sluice created it.
     pub fn batch_owner(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn()?
-            .query_row("SELECT tenant FROM batches WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        match self.db()? {
+            Db::Sqlite(conn) => Ok(conn
+                .query_row("SELECT tenant FROM batches WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?),
+            Db::Postgres(pg) => pg.with(|c| {
+                Ok(
+                    c.query_opt("SELECT tenant FROM batches WHERE id = $1", &[&id])?
+                        .map(|r| r.get(0)),
+                )
+            }),
+        }
     }
 
     /// Forget a batch (after the upstream deleted it).
     pub fn forget_batch(&self, id: &str) -> Result<(), StoreError> {
-        self.conn()?
-            .execute("DELETE FROM batches WHERE id = ?1", [id])?;
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                conn.execute("DELETE FROM batches WHERE id = ?1", [id])?;
+            }
+            Db::Postgres(pg) => {
+                pg.with(|c| Ok(c.execute("DELETE FROM batches WHERE id = $1", &[&id])?))?;
+            }
+        }
         Ok(())
     }
 
@@ -55,7 +84,12 @@ impl Store {
         after_id: Option<&str>,
         limit: usize,
     ) -> Result<BatchPage, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| pg_list_batches(c, tenant, before_id, after_id, limit));
+            }
+        };
         let seq_of = |id: &str| -> Result<Option<i64>, StoreError> {
             Ok(conn
                 .query_row(
@@ -96,6 +130,57 @@ impl Store {
         ids.truncate(limit);
         Ok(BatchPage { ids, has_more })
     }
+}
+
+/// [`Store::list_batches`] in PostgreSQL (the same queries, `$N` placeholders).
+fn pg_list_batches(
+    c: &mut postgres::Client,
+    tenant: &str,
+    before_id: Option<&str>,
+    after_id: Option<&str>,
+    limit: usize,
+) -> Result<BatchPage, StoreError> {
+    let seq_of = |c: &mut postgres::Client, id: &str| -> Result<Option<i64>, StoreError> {
+        Ok(c.query_opt(
+            "SELECT seq FROM batches WHERE id = $1 AND tenant = $2",
+            &[&id, &tenant],
+        )?
+        .map(|r| r.get(0)))
+    };
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+    if let Some(b) = before_id {
+        let seq = seq_of(c, b)?.unwrap_or(i64::MAX);
+        let mut v: Vec<String> = c
+            .query(
+                "SELECT id FROM batches WHERE tenant = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
+                &[&tenant as P<'_>, &seq, &fetch],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let more = v.len() > limit;
+        v.truncate(limit);
+        v.reverse();
+        return Ok(BatchPage {
+            ids: v,
+            has_more: more,
+        });
+    }
+    let seq = match after_id {
+        Some(a) => seq_of(c, a)?.unwrap_or(i64::MIN),
+        None => i64::MAX,
+    };
+    let mut ids: Vec<String> = c
+        .query(
+            "SELECT id FROM batches WHERE tenant = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
+            &[&tenant as P<'_>, &seq, &fetch],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let has_more = ids.len() > limit;
+    ids.truncate(limit);
+    Ok(BatchPage { ids, has_more })
 }
 
 #[cfg(test)]

@@ -1,4 +1,7 @@
-//! Opening the database and migrating its schema (versioned by `PRAGMA user_version`).
+//! Opening the state store and migrating its schema. The state (keys, batch ownership,
+//! admin-managed tenants, the audit chain and the generation counters) lives in the SQLite
+//! database (versioned by `PRAGMA user_version`) or, when `[store] database_url` is set, in
+//! PostgreSQL ([`crate::pgstate`]), so that every replica sees the same keys and audit chain.
 
 use crate::StoreError;
 use rusqlite::Connection;
@@ -87,39 +90,111 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_ts ON audit (ts_ms);",
 ];
 
-/// A handle on the state database for control-plane work (CLI, batch ownership). Cloning is
-/// cheap; the connection is shared behind a mutex because these calls are rare and short.
+/// A handle on the state store for control-plane work (CLI, admin API, key-ring refresh, batch
+/// ownership). Cloning is cheap; the connection is shared behind a mutex because these calls
+/// are rare and short. Every method blocks: async code calls them through `spawn_blocking`
+/// (the sync Postgres client would otherwise panic inside the runtime).
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
     path: PathBuf,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(Arc<Mutex<Connection>>),
+    Postgres(Arc<crate::pgstate::PgState>),
+}
+
+/// The backend of one call, locked.
+pub(crate) enum Db<'a> {
+    Sqlite(MutexGuard<'a, Connection>),
+    Postgres(&'a crate::pgstate::PgState),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 impl Store {
-    /// Open (creating and migrating if needed) the database at `path`.
+    /// Open (creating and migrating if needed) the SQLite database at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let conn = open_conn(&path)?;
         migrate(&conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            backend: Backend::Sqlite(Arc::new(Mutex::new(conn))),
             path,
         })
     }
 
-    /// The database file.
+    /// Connect to the state store in PostgreSQL at `database_url` (migrating it if needed).
+    /// Connects at once, so an unreachable database is reported here; a connection that breaks
+    /// later is replaced on the next call. [`Store::path`] is empty.
+    pub fn open_postgres(database_url: &str) -> Result<Self, StoreError> {
+        Self::postgres_at(database_url, PathBuf::new())
+    }
+
+    /// The state store of a deployment: PostgreSQL when `database_url` is set (`path` is then
+    /// only reported by [`Store::path`], not opened), else the SQLite database at `path`.
+    pub fn open_config(
+        path: impl AsRef<Path>,
+        database_url: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        match database_url {
+            Some(url) => Self::postgres_at(url, path.as_ref().to_path_buf()),
+            None => Self::open(path),
+        }
+    }
+
+    fn postgres_at(database_url: &str, path: PathBuf) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Postgres(Arc::new(crate::pgstate::PgState::connect(database_url)?)),
+            path,
+        })
+    }
+
+    /// The SQLite database file (with PostgreSQL: the configured `store.path`, not opened).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The Postgres URL when the state store is in PostgreSQL.
+    pub(crate) fn database_url(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(pg) => Some(pg.url()),
+        }
+    }
+
+    pub(crate) fn db(&self) -> Result<Db<'_>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(c) => Ok(Db::Sqlite(c.lock().map_err(|_| StoreError::Poisoned)?)),
+            Backend::Postgres(pg) => Ok(Db::Postgres(pg)),
+        }
+    }
+
+    /// The SQLite connection (the SQLite ledger's readers need it).
     pub(crate) fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| StoreError::Poisoned)
+        match self.db()? {
+            Db::Sqlite(c) => Ok(c),
+            Db::Postgres(_) => Err(StoreError::Invalid(
+                "the state store is in PostgreSQL: there is no SQLite database to read".into(),
+            )),
+        }
     }
 }
 

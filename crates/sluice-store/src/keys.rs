@@ -2,6 +2,8 @@
 //! is stored, which is the right hash for high-entropy secrets (no salt or slow KDF needed: there
 //! is nothing to brute-force). The key itself is returned once, at creation.
 
+use crate::db::Db;
+use crate::pgstate::{self, P};
 use crate::{Store, StoreError};
 use base64::Engine;
 use rusqlite::{OptionalExtension, params};
@@ -86,15 +88,36 @@ impl Store {
         let id = format!("key_{}", hex(&random::<6>()?));
         let prefix: String = secret.chars().take(KEY_PREFIX.len() + 4).collect();
         let hash = hash_key(&secret);
-        let conn = self.conn()?;
-        let tx = conn.unchecked_transaction()?;
-        tx.execute(
-            "INSERT INTO keys (id, tenant, hash, prefix, label, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, tenant, &hash[..], prefix, label, now_ms, expires_ms],
-        )?;
-        bump_generation(&tx)?;
-        tx.commit()?;
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "INSERT INTO keys (id, tenant, hash, prefix, label, created_ms, expires_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![id, tenant, &hash[..], prefix, label, now_ms, expires_ms],
+                )?;
+                bump_generation(&tx)?;
+                tx.commit()?;
+            }
+            Db::Postgres(pg) => pg.with(|c| {
+                let mut tx = c.transaction()?;
+                tx.execute(
+                    "INSERT INTO keys (id, tenant, hash, prefix, label, created_ms, expires_ms)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    &[
+                        &id as P<'_>,
+                        &tenant,
+                        &&hash[..],
+                        &prefix,
+                        &label,
+                        &now_ms,
+                        &expires_ms,
+                    ],
+                )?;
+                pgstate::bump(&mut tx, "keys_generation")?;
+                Ok(tx.commit()?)
+            })?,
+        }
         Ok(NewKey {
             record: KeyRecord {
                 id,
@@ -111,7 +134,21 @@ impl Store {
 
     /// Every key, newest first (revoked ones included, marked).
     pub fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    Ok(c.query(
+                        "SELECT id, tenant, prefix, label, created_ms, expires_ms, revoked_ms
+                         FROM keys ORDER BY created_ms DESC, id",
+                        &[],
+                    )?
+                    .iter()
+                    .map(pg_record)
+                    .collect())
+                });
+            }
+        };
         let mut stmt = conn.prepare(
             "SELECT id, tenant, prefix, label, created_ms, expires_ms, revoked_ms
              FROM keys ORDER BY created_ms DESC, id",
@@ -132,18 +169,31 @@ impl Store {
 
     /// Revoke a key. Returns the record; revoking twice keeps the first revocation time.
     pub fn revoke_key(&self, id: &str, now_ms: i64) -> Result<KeyRecord, StoreError> {
-        {
-            let conn = self.conn()?;
-            let tx = conn.unchecked_transaction()?;
-            let n = tx.execute(
-                "UPDATE keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
-                params![id, now_ms],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound(format!("key {id}")));
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                let tx = conn.unchecked_transaction()?;
+                let n = tx.execute(
+                    "UPDATE keys SET revoked_ms = COALESCE(revoked_ms, ?2) WHERE id = ?1",
+                    params![id, now_ms],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("key {id}")));
+                }
+                bump_generation(&tx)?;
+                tx.commit()?;
             }
-            bump_generation(&tx)?;
-            tx.commit()?;
+            Db::Postgres(pg) => pg.with(|c| {
+                let mut tx = c.transaction()?;
+                let n = tx.execute(
+                    "UPDATE keys SET revoked_ms = COALESCE(revoked_ms, $2) WHERE id = $1",
+                    &[&id as P<'_>, &now_ms],
+                )?;
+                if n == 0 {
+                    return Err(StoreError::NotFound(format!("key {id}")));
+                }
+                pgstate::bump(&mut tx, "keys_generation")?;
+                Ok(tx.commit()?)
+            })?,
         }
         self.list_keys()?
             .into_iter()
@@ -153,17 +203,31 @@ impl Store {
 
     /// Keys that are not revoked (expiry is checked at use, against the caller's clock).
     pub fn active_keys(&self) -> Result<Vec<ActiveKey>, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    Ok(c.query(
+                        "SELECT hash, id, tenant, expires_ms FROM keys WHERE revoked_ms IS NULL",
+                        &[],
+                    )?
+                    .iter()
+                    .map(|r| ActiveKey {
+                        hash: hash_of(&r.get::<_, Vec<u8>>(0)),
+                        id: r.get(1),
+                        tenant: r.get(2),
+                        expires_ms: r.get(3),
+                    })
+                    .collect())
+                });
+            }
+        };
         let mut stmt =
             conn.prepare("SELECT hash, id, tenant, expires_ms FROM keys WHERE revoked_ms IS NULL")?;
         let rows = stmt.query_map([], |r| {
             let blob: Vec<u8> = r.get(0)?;
-            let mut hash = [0u8; 32];
-            if blob.len() == 32 {
-                hash.copy_from_slice(&blob);
-            }
             Ok(ActiveKey {
-                hash,
+                hash: hash_of(&blob),
                 id: r.get(1)?,
                 tenant: r.get(2)?,
                 expires_ms: r.get(3)?,
@@ -174,7 +238,22 @@ impl Store {
 
     /// One key's record.
     pub fn get_key(&self, id: &str) -> Result<KeyRecord, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg
+                    .with(|c| {
+                        Ok(c.query_opt(
+                            "SELECT id, tenant, prefix, label, created_ms, expires_ms, revoked_ms
+                             FROM keys WHERE id = $1",
+                            &[&id],
+                        )?)
+                    })?
+                    .as_ref()
+                    .map(pg_record)
+                    .ok_or_else(|| StoreError::NotFound(format!("key {id}")));
+            }
+        };
         conn.query_row(
             "SELECT id, tenant, prefix, label, created_ms, expires_ms, revoked_ms
              FROM keys WHERE id = ?1",
@@ -209,15 +288,25 @@ impl Store {
         let new = self.create_key(&old.tenant, &old.label, old.expires_ms, now_ms)?;
         let until = now_ms.saturating_add(overlap_ms.max(0));
         let expires = Some(old.expires_ms.map_or(until, |e| e.min(until)));
-        {
-            let conn = self.conn()?;
-            let tx = conn.unchecked_transaction()?;
-            tx.execute(
-                "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
-                params![id, expires],
-            )?;
-            bump_generation(&tx)?;
-            tx.commit()?;
+        match self.db()? {
+            Db::Sqlite(conn) => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute(
+                    "UPDATE keys SET expires_ms = ?2 WHERE id = ?1",
+                    params![id, expires],
+                )?;
+                bump_generation(&tx)?;
+                tx.commit()?;
+            }
+            Db::Postgres(pg) => pg.with(|c| {
+                let mut tx = c.transaction()?;
+                tx.execute(
+                    "UPDATE keys SET expires_ms = $2 WHERE id = $1",
+                    &[&id as P<'_>, &expires],
+                )?;
+                pgstate::bump(&mut tx, "keys_generation")?;
+                Ok(tx.commit()?)
+            })?,
         }
         Ok((
             KeyRecord {
@@ -231,13 +320,37 @@ impl Store {
     /// A counter bumped by every key change, so the gateway can poll one cheap row to know
     /// whether to reload its key ring.
     pub fn keys_generation(&self) -> Result<i64, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => return pg.with(|c| pgstate::generation(c, "keys_generation")),
+        };
         let v = conn
             .query_row("SELECT v FROM meta WHERE k = 'keys_generation'", [], |r| {
                 r.get(0)
             })
             .optional()?;
         Ok(v.unwrap_or(0))
+    }
+}
+
+/// A stored hash as the fixed-size array (a malformed one matches no presented key).
+fn hash_of(blob: &[u8]) -> [u8; 32] {
+    let mut hash = [0u8; 32];
+    if blob.len() == 32 {
+        hash.copy_from_slice(blob);
+    }
+    hash
+}
+
+fn pg_record(r: &postgres::Row) -> KeyRecord {
+    KeyRecord {
+        id: r.get(0),
+        tenant: r.get(1),
+        prefix: r.get(2),
+        label: r.get(3),
+        created_ms: r.get(4),
+        expires_ms: r.get(5),
+        revoked_ms: r.get(6),
     }
 }
 

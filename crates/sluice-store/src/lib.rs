@@ -1,6 +1,7 @@
 //! Sluice state: gateway keys (stored as SHA-256 hashes, never the key), which tenant owns which
-//! message batch, and the call ledger. SQLite (WAL) is the embedded default; the ledger alone can
-//! live in PostgreSQL instead ([`pg`], with the on-disk [`spool`] for outages).
+//! message batch, and the call ledger. SQLite (WAL) is the embedded default; with
+//! `[store] database_url` the ledger ([`pg`], with the on-disk [`spool`] for outages) and the
+//! state store ([`pgstate`]) live in PostgreSQL, shared by every replica.
 //!
 //! The request path never touches SQLite directly: keys are loaded into memory by the data
 //! plane's key ring, and ledger rows go through a bounded queue to a writer thread
@@ -12,6 +13,7 @@ pub mod db;
 pub mod keys;
 pub mod ledger;
 pub mod pg;
+pub mod pgstate;
 pub mod report;
 pub mod spool;
 pub mod tenants;

@@ -1,8 +1,9 @@
 //! The ledger in PostgreSQL (`[store] database_url`), shared by every replica.
 //!
-//! Only the ledger lives here; keys, batch ownership (and the admin API's tables) stay in each
-//! replica's SQLite state database in this release. The sync `postgres` client is used from the
-//! ledger writer's own thread and from the CLI, never from an async worker.
+//! This module holds the ledger; the state store (keys, batch ownership, tenants, the audit
+//! chain) moves to the same database with it ([`crate::pgstate`], its own migration list). The
+//! sync `postgres` client is used from the ledger writer's own thread and from the CLI, never
+//! from an async worker.
 //!
 //! Schema changes are versioned in [`MIGRATIONS`] and applied on connect, inside one transaction
 //! holding a transaction-scoped advisory lock, so replicas starting together migrate once. The
@@ -55,7 +56,7 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// Advisory lock key serialising migrations (any constant; "sluice" in ASCII).
-const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
+pub(crate) const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
 
 /// Parse `database_url` (`postgres://user[:password]@host[:port]/db[?options]`) and apply the
 /// timeouts Sluice needs: a connect timeout (an unreachable database must not hold the writer
@@ -90,17 +91,29 @@ pub fn connect(cfg: &postgres::Config) -> Result<Client, StoreError> {
 
 /// Apply the migrations this database lacks. Returns the schema version.
 pub fn migrate(client: &mut Client) -> Result<i64, StoreError> {
+    apply_migrations(client, "sluice_migrations", MIGRATIONS, "ledger")
+}
+
+/// Apply the versions of `migrations` not yet recorded in `table`, in one transaction holding
+/// the migration advisory lock (shared by the ledger and state lists, so replicas starting
+/// together migrate once and never interleave). Returns the schema version.
+pub(crate) fn apply_migrations(
+    client: &mut Client,
+    table: &str,
+    migrations: &[&str],
+    what: &str,
+) -> Result<i64, StoreError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS sluice_migrations (
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
             version    INTEGER PRIMARY KEY,
             applied_ms BIGINT NOT NULL
-         )",
-    )?;
+         )"
+    ))?;
     let current: i32 = tx
         .query_one(
-            "SELECT COALESCE(max(version), 0) FROM sluice_migrations",
+            &format!("SELECT COALESCE(max(version), 0) FROM {table}"),
             &[],
         )?
         .get(0);
@@ -108,19 +121,19 @@ pub fn migrate(client: &mut Client) -> Result<i64, StoreError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
+    for (i, sql) in migrations.iter().enumerate() {
         let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
         if version > current {
             tx.batch_execute(sql)?;
             tx.execute(
-                "INSERT INTO sluice_migrations (version, applied_ms) VALUES ($1, $2)",
+                &format!("INSERT INTO {table} (version, applied_ms) VALUES ($1, $2)"),
                 &[&version, &now],
             )?;
-            tracing::info!(version, "ledger database migrated");
+            tracing::info!(version, what, "database migrated");
         }
     }
     tx.commit()?;
-    Ok(i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX))
+    Ok(i64::try_from(migrations.len()).unwrap_or(i64::MAX))
 }
 
 /// The Postgres ledger as a [`LedgerSink`]: connects lazily (and again after any error).

@@ -5,7 +5,9 @@
 //! appends its audit event in the same transaction and bumps a generation counter that running
 //! gateways poll, so a change made by the CLI reaches them without a restart.
 
-use crate::audit::{AuditEvent, NewEvent, append_in, immediate};
+use crate::audit::{AuditEvent, NewEvent, append_in, immediate, pg_append_in};
+use crate::db::Db;
+use crate::pgstate::{self, P};
 use crate::{Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
@@ -28,10 +30,31 @@ fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     Ok(())
 }
 
+fn pg_row(r: &postgres::Row) -> TenantRow {
+    TenantRow {
+        name: r.get(0),
+        config: r.get(1),
+        updated_ms: r.get(2),
+    }
+}
+
 impl Store {
     /// Every overlay row, by name.
     pub fn tenant_rows(&self) -> Result<Vec<TenantRow>, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    Ok(c.query(
+                        "SELECT name, config, updated_ms FROM tenants ORDER BY name",
+                        &[],
+                    )?
+                    .iter()
+                    .map(pg_row)
+                    .collect())
+                });
+            }
+        };
         let mut stmt =
             conn.prepare("SELECT name, config, updated_ms FROM tenants ORDER BY name")?;
         let rows = stmt.query_map([], |r| {
@@ -46,7 +69,19 @@ impl Store {
 
     /// The overlay row of `name`, if any.
     pub fn tenant_row(&self, name: &str) -> Result<Option<TenantRow>, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    Ok(c.query_opt(
+                        "SELECT name, config, updated_ms FROM tenants WHERE name = $1",
+                        &[&name],
+                    )?
+                    .as_ref()
+                    .map(pg_row))
+                });
+            }
+        };
         Ok(conn
             .query_row(
                 "SELECT name, config, updated_ms FROM tenants WHERE name = ?1",
@@ -69,7 +104,24 @@ impl Store {
         config_json: &str,
         event: &NewEvent,
     ) -> Result<AuditEvent, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    let mut tx = c.transaction()?;
+                    tx.execute(
+                        "INSERT INTO tenants (name, config, updated_ms) VALUES ($1, $2, $3)
+                         ON CONFLICT (name) DO UPDATE SET config = excluded.config,
+                                                          updated_ms = excluded.updated_ms",
+                        &[&name as P<'_>, &config_json, &event.ts_ms],
+                    )?;
+                    pgstate::bump(&mut tx, "tenants_generation")?;
+                    let e = pg_append_in(&mut tx, event)?;
+                    tx.commit()?;
+                    Ok(e)
+                });
+            }
+        };
         let tx = immediate(&conn)?;
         tx.execute(
             "INSERT INTO tenants (name, config, updated_ms) VALUES (?1, ?2, ?3)
@@ -86,7 +138,21 @@ impl Store {
     /// Delete `name`'s row and append `event`, atomically. [`StoreError::NotFound`] when
     /// there is no row (nothing is written).
     pub fn delete_tenant(&self, name: &str, event: &NewEvent) -> Result<AuditEvent, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    let mut tx = c.transaction()?;
+                    if tx.execute("DELETE FROM tenants WHERE name = $1", &[&name])? == 0 {
+                        return Err(StoreError::NotFound(format!("tenant {name}")));
+                    }
+                    pgstate::bump(&mut tx, "tenants_generation")?;
+                    let e = pg_append_in(&mut tx, event)?;
+                    tx.commit()?;
+                    Ok(e)
+                });
+            }
+        };
         let tx = immediate(&conn)?;
         if tx.execute("DELETE FROM tenants WHERE name = ?1", [name])? == 0 {
             return Err(StoreError::NotFound(format!("tenant {name}")));
@@ -100,7 +166,10 @@ impl Store {
     /// A counter bumped by every tenant change: gateways poll it to pick up changes made by
     /// other processes.
     pub fn tenants_generation(&self) -> Result<i64, StoreError> {
-        let conn = self.conn()?;
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => return pg.with(|c| pgstate::generation(c, "tenants_generation")),
+        };
         let v = conn
             .query_row(
                 "SELECT v FROM meta WHERE k = 'tenants_generation'",

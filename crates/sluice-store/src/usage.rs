@@ -411,15 +411,15 @@ fn dollar_placeholders(sql: &str) -> String {
 }
 
 impl Store {
-    /// Spend per tenant (micro-dollars) of calls at or after `since_ms`, from this database's
-    /// ledger. See [`LedgerDb::spend_since`].
+    /// Spend per tenant (micro-dollars) of calls at or after `since_ms`, from this store's
+    /// ledger (in PostgreSQL when the store is: a connection per call, these are rare). See [`LedgerDb::spend_since`].
     pub fn spend_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        LedgerDb::Sqlite(self.clone()).spend_since(since_ms)
+        LedgerDb::open(self, self.database_url())?.spend_since(since_ms)
     }
 
-    /// Totals for `q` from this database's ledger. See [`LedgerDb::usage`].
+    /// Totals for `q` from this store's ledger. See [`LedgerDb::usage`].
     pub fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {
-        LedgerDb::Sqlite(self.clone()).usage(q)
+        LedgerDb::open(self, self.database_url())?.usage(q)
     }
 }
 

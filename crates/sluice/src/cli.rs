@@ -305,8 +305,7 @@ pub fn keys(cli: &Cli, cmd: &KeysCommand) -> anyhow::Result<()> {
         return keys_remote(cli, cmd);
     }
     let cfg = load_config(cli)?;
-    let store = Store::open(&cfg.store.path)
-        .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
+    let store = open_state(&cfg)?;
     let actor = cli_actor();
     let audit = |action: &str, target: &str, before: Option<Value>, after: Option<Value>| {
         store.append_audit(&NewEvent {
@@ -639,8 +638,7 @@ pub fn tenants(cli: &Cli, cmd: &TenantsCommand) -> anyhow::Result<()> {
         return print_tenants(cmd, &v);
     }
     let file = load_config(cli)?;
-    let store = Store::open(&file.store.path)
-        .with_context(|| format!("cannot open the state database {}", file.store.path))?;
+    let store = open_state(&file)?;
     let rows = store.tenant_rows()?;
     let v = match &change {
         Some(c) => {
@@ -723,8 +721,7 @@ pub fn audit(cli: &Cli, cmd: &AuditCommand) -> anyhow::Result<()> {
         }
     } else {
         let cfg = load_config(cli)?;
-        let store = Store::open(&cfg.store.path)
-            .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
+        let store = open_state(&cfg)?;
         match cmd {
             AuditCommand::List { since, .. } => {
                 let since = since
@@ -783,12 +780,27 @@ pub fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The state store of `cfg`: PostgreSQL when `store.database_url` is set (shared with the
+/// running replicas), else the SQLite database at `store.path`.
+fn open_state(cfg: &Config) -> anyhow::Result<Store> {
+    match cfg.store.database_url.as_deref() {
+        Some(url) => Store::open_postgres(url)
+            .context("cannot open the state store in PostgreSQL (store.database_url)"),
+        None => Store::open(&cfg.store.path)
+            .with_context(|| format!("cannot open the state database {}", cfg.store.path)),
+    }
+}
+
 /// The ledger of `cfg`: Postgres when `store.database_url` is set, else the state database.
 fn open_ledger(cfg: &Config) -> anyhow::Result<sluice_store::LedgerDb> {
+    if let Some(url) = cfg.store.database_url.as_deref() {
+        // No SQLite file is needed (nor created) when everything is in Postgres.
+        return sluice_store::LedgerDb::postgres(url)
+            .context("cannot open the Postgres ledger (store.database_url)");
+    }
     let store = Store::open(&cfg.store.path)
         .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
-    sluice_store::LedgerDb::open(&store, cfg.store.database_url.as_deref())
-        .context("cannot open the Postgres ledger (store.database_url)")
+    Ok(sluice_store::LedgerDb::open(&store, None)?)
 }
 
 fn time_range(since: &str, until: Option<&str>, now: i64) -> anyhow::Result<(i64, i64)> {

@@ -370,10 +370,18 @@ async fn serve(
     control: ControlOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store_path = cfg.store.path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
-        .await?
-        .with_context(|| format!("cannot open the state database {}", cfg.store.path))?;
+    // With `database_url` the state store (keys, batches, tenants, audit) is in PostgreSQL,
+    // shared with every other replica; else in the SQLite database beside the ledger.
+    let (store_path, url) = (cfg.store.path.clone(), cfg.store.database_url.clone());
+    let store =
+        tokio::task::spawn_blocking(move || Store::open_config(&store_path, url.as_deref()))
+            .await?
+            .with_context(|| match &cfg.store.database_url {
+                Some(_) => {
+                    "cannot open the state store in PostgreSQL (store.database_url)".to_owned()
+                }
+                None => format!("cannot open the state database {}", cfg.store.path),
+            })?;
     let (cfg, file_cfg, tenants_gen) = with_db_tenants(&store, cfg).await?;
     let keys = Arc::new(KeyRing::new());
     {

@@ -38,6 +38,11 @@ pub struct Opts {
     pub web_extra: String,
     /// Lines added to the `email` tenant.
     pub email_extra: String,
+    /// Lines added to `[store]` (e.g. `database_url`).
+    pub store_extra: String,
+    /// Create the test keys in this Postgres state store instead of the SQLite database (set it
+    /// to the `database_url` given in `store_extra`).
+    pub state_url: Option<String>,
 }
 
 impl Default for Opts {
@@ -54,6 +59,8 @@ impl Default for Opts {
             sections: String::new(),
             web_extra: String::new(),
             email_extra: String::new(),
+            store_extra: String::new(),
+            state_url: None,
         }
     }
 }
@@ -95,6 +102,7 @@ base_url = "{upstream}"
 [store]
 path = {db:?}
 ledger_flush_interval_ms = 10
+{store_extra}
 [auth]
 key_refresh_ms = 50
 {admin}{sections}
@@ -120,13 +128,27 @@ enabled = false
         sections = opts.sections,
         web_extra = opts.web_extra,
         email_extra = opts.email_extra,
+        store_extra = opts.store_extra,
         db = db.display().to_string(),
     );
     let cfg = Config::from_toml(&toml).unwrap();
-    let store = Store::open(&db).unwrap();
-    let web = store.create_key("web", "test", None, 0).unwrap();
-    let email = store.create_key("email", "test", None, 0).unwrap();
-    let legacy = store.create_key("legacy", "test", None, 0).unwrap();
+    let (web, email, legacy) = {
+        let (db, url) = (db.clone(), opts.state_url.clone());
+        // Blocking: the Postgres client must not run on a runtime worker.
+        tokio::task::spawn_blocking(move || {
+            let store = match url {
+                Some(url) => Store::open_postgres(&url).unwrap(),
+                None => Store::open(&db).unwrap(),
+            };
+            (
+                store.create_key("web", "test", None, 0).unwrap(),
+                store.create_key("email", "test", None, 0).unwrap(),
+                store.create_key("legacy", "test", None, 0).unwrap(),
+            )
+        })
+        .await
+        .unwrap()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = gateway::start(cfg, sluice_upstream::Secret::new(UPSTREAM_KEY), listener)
         .await
