@@ -11,7 +11,6 @@
 mod error;
 mod stream;
 
-use std::ops::Range;
 use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
@@ -347,8 +346,8 @@ fn rewrite_body(body: &[u8], betas: &[&str]) -> Result<Vec<u8>, UpstreamError> {
     // Validates the whole document, so the scanner below can assume well-formed JSON.
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map_err(|e| config(format!("request body is not valid JSON: {e}")))?;
-    let members =
-        top_level_members(body).ok_or_else(|| config("request body is not a JSON object"))?;
+    let members = crate::json::top_level_members(body)
+        .ok_or_else(|| config("request body is not a JSON object"))?;
     let mut out =
         Vec::with_capacity(body.len() + 48 + betas.iter().map(|b| b.len() + 3).sum::<usize>());
     out.extend_from_slice(b"{\"anthropic_version\":\"");
@@ -360,130 +359,15 @@ fn rewrite_body(body: &[u8], betas: &[&str]) -> Result<Vec<u8>, UpstreamError> {
             .map_err(|e| config(format!("anthropic_beta: {e}")))?;
     }
     for m in &members {
-        let key = key_of(body, m);
-        let drop = matches!(key.as_ref(), "model" | "stream" | "anthropic_version")
-            || (key == "anthropic_beta" && !betas.is_empty());
+        let drop = matches!(m.key.as_str(), "model" | "stream" | "anthropic_version")
+            || (m.key == "anthropic_beta" && !betas.is_empty());
         if !drop {
             out.push(b',');
-            out.extend_from_slice(&body[m.span.clone()]);
+            out.extend_from_slice(&body[m.start..m.value.end]);
         }
     }
     out.push(b'}');
     Ok(out)
-}
-
-/// A top-level member: its key (inside the quotes, still escaped) and `"key": value` as a whole.
-#[derive(Debug)]
-struct Member {
-    key: Range<usize>,
-    span: Range<usize>,
-}
-
-fn key_of<'a>(body: &'a [u8], m: &Member) -> std::borrow::Cow<'a, str> {
-    let raw = &body[m.key.clone()];
-    if raw.contains(&b'\\') {
-        // Escaped keys are rare; let serde_json decode them (`"mod\u0065l"` is `model` too).
-        let quoted = &body[m.key.start - 1..m.key.end + 1];
-        serde_json::from_slice::<String>(quoted)
-            .map(std::borrow::Cow::Owned)
-            .unwrap_or_default()
-    } else {
-        String::from_utf8_lossy(raw)
-    }
-}
-
-/// The members of a top-level object, `None` when the document is not an object. Expects
-/// well-formed JSON.
-fn top_level_members(b: &[u8]) -> Option<Vec<Member>> {
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i += 1;
-    let mut out = Vec::with_capacity(8);
-    loop {
-        i = skip_ws(b, i);
-        match b.get(i)? {
-            b'}' => return Some(out),
-            b',' => {
-                i += 1;
-                continue;
-            }
-            b'"' => {}
-            _ => return None,
-        }
-        let start = i;
-        let key_end = skip_string(b, i)?;
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        let end = skip_value(b, i)?;
-        out.push(Member {
-            key: start + 1..key_end - 1,
-            span: start..end,
-        });
-        i = end;
-    }
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// From the opening quote at `i` to just past the closing one.
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    let mut j = i + 1;
-    loop {
-        let k = b.get(j..)?.iter().position(|c| *c == b'"' || *c == b'\\')?;
-        j += k;
-        if b[j] == b'"' {
-            return Some(j + 1);
-        }
-        j += 2;
-    }
-}
-
-/// From the value starting at `i` to just past its end.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match b.get(j)? {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            Some(j)
-        }
-    }
 }
 
 #[cfg(test)]

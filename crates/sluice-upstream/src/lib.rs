@@ -12,6 +12,7 @@
 
 pub mod bedrock;
 mod body;
+mod json;
 pub mod pool;
 mod retry;
 pub mod route;

@@ -614,109 +614,6 @@ fn parse_token_reply(
     })
 }
 
-/// One member of a JSON object: where it starts (its key's opening quote) and its value's span.
-struct Member {
-    key: String,
-    start: usize,
-    value: std::ops::Range<usize>,
-}
-
-fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        i += 1;
-    }
-    i
-}
-
-/// The end (past the closing quote) of the string starting at `i`.
-fn skip_string(b: &[u8], i: usize) -> Option<usize> {
-    if b.get(i) != Some(&b'"') {
-        return None;
-    }
-    let mut j = i + 1;
-    loop {
-        match b.get(j)? {
-            b'\\' => j += 2,
-            b'"' => return Some(j + 1),
-            _ => j += 1,
-        }
-    }
-}
-
-/// The end of the value starting at `i`.
-fn skip_value(b: &[u8], i: usize) -> Option<usize> {
-    match b.get(i)? {
-        b'"' => skip_string(b, i),
-        b'{' | b'[' => {
-            let mut depth = 0usize;
-            let mut j = i;
-            loop {
-                match b.get(j)? {
-                    b'"' => {
-                        j = skip_string(b, j)?;
-                        continue;
-                    }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth = depth.checked_sub(1)?;
-                        if depth == 0 {
-                            return Some(j + 1);
-                        }
-                    }
-                    _ => {}
-                }
-                j += 1;
-            }
-        }
-        _ => {
-            let mut j = i;
-            while let Some(c) = b.get(j) {
-                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
-                    break;
-                }
-                j += 1;
-            }
-            Some(j)
-        }
-    }
-}
-
-/// The top-level members of a JSON object, in order; `None` when `b` is not an object. Assumes
-/// `b` is valid JSON (checked before), so the scan only has to find boundaries.
-fn top_level_members(b: &[u8]) -> Option<Vec<Member>> {
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return None;
-    }
-    i = skip_ws(b, i + 1);
-    let mut members = Vec::new();
-    if b.get(i) == Some(&b'}') {
-        return Some(members);
-    }
-    loop {
-        let start = i;
-        let key_end = skip_string(b, start)?;
-        let key: String = serde_json::from_slice(b.get(start..key_end)?).ok()?;
-        i = skip_ws(b, key_end);
-        if b.get(i) != Some(&b':') {
-            return None;
-        }
-        i = skip_ws(b, i + 1);
-        let value_end = skip_value(b, i)?;
-        members.push(Member {
-            key,
-            start,
-            value: i..value_end,
-        });
-        i = skip_ws(b, value_end);
-        match b.get(i)? {
-            b',' => i = skip_ws(b, i + 1),
-            b'}' => return Some(members),
-            _ => return None,
-        }
-    }
-}
-
 /// The body Vertex wants: `model` removed (`model: None`) or set, `anthropic_version` set
 /// (appended when absent), every other member kept byte for byte and in order. Editing the raw
 /// bytes instead of re-serialising keeps numbers, escapes and key order exactly as the client
@@ -724,7 +621,7 @@ fn top_level_members(b: &[u8]) -> Option<Vec<Member>> {
 fn rewrite_body(body: &[u8], model: Option<&str>) -> Result<Bytes, UpstreamError> {
     serde_json::from_slice::<serde::de::IgnoredAny>(body)
         .map_err(|e| UpstreamError::Config(format!("request body is not JSON: {e}")))?;
-    let members = top_level_members(body)
+    let members = crate::json::top_level_members(body)
         .ok_or_else(|| UpstreamError::Config("request body is not a JSON object".into()))?;
     let mut out = Vec::with_capacity(body.len() + 64);
     out.push(b'{');
