@@ -243,7 +243,8 @@ impl Call {
                 Some(r) if step.model != model => swap_model(&body, r, step.model)?,
                 _ => body.clone(),
             };
-            let mut tried: Vec<usize> = Vec::new();
+            // Inline: a call's attempts on a step are few (max_attempts).
+            let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
             let mut attempt: u32 = 1;
             loop {
                 let last_attempt = attempt >= policy.max_attempts;

@@ -354,11 +354,11 @@ impl Upstream {
 
     /// The route of a call: for Messages and token counting, the primary step and the
     /// model's fallback chain; for anything else one step on the Anthropic API members.
-    pub fn steps<'a>(&'a self, endpoint: Endpoint, model: &'a str) -> Vec<Step<'a>> {
+    pub fn steps<'a>(&'a self, endpoint: Endpoint, model: &'a str) -> route::Steps<'a> {
         match endpoint {
             Endpoint::Messages => self.routes.steps(model, false),
             Endpoint::CountTokens => self.routes.steps(model, true),
-            Endpoint::Other => vec![Step {
+            Endpoint::Other => smallvec::smallvec![Step {
                 index: 0,
                 model,
                 eligible: self.routes.anthropic(),

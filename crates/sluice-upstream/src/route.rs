@@ -3,7 +3,12 @@
 //! member bitmasks, so a call's route costs a map lookup and no allocation.
 
 use crate::Provider;
+use smallvec::SmallVec;
 use std::collections::HashMap;
+
+/// A call's route: inline for the primary and up to three fallback steps, so routing a call
+/// allocates nothing in the common case.
+pub type Steps<'a> = SmallVec<[Step<'a>; 4]>;
 
 /// The most members a pool may have (eligibility is a 64-bit mask).
 pub const MAX_MEMBERS: usize = 64;
@@ -88,9 +93,9 @@ impl Routes {
 
     /// The route of a Messages call (or a token count, `counting`) for `model`. Bedrock has no
     /// token counting endpoint here, so its members are left out of counting routes.
-    pub(crate) fn steps<'a>(&'a self, model: &'a str, counting: bool) -> Vec<Step<'a>> {
+    pub(crate) fn steps<'a>(&'a self, model: &'a str, counting: bool) -> Steps<'a> {
         let usable = |m: &MemberFacts| !(counting && m.provider == Provider::Bedrock);
-        let mut out = Vec::with_capacity(1 + self.chain(model).len());
+        let mut out = Steps::new();
         out.push(Step {
             index: 0,
             model,
