@@ -10,68 +10,11 @@ mod common;
 
 use common::{Env, Opts, SMALL, env_with};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const ALICE: &str = "admin-token-alice-state-pg-0123";
 
-fn admin_url() -> String {
-    std::env::var("SLUICE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A private schema, dropped on drop.
-struct TestDb {
-    schema: String,
-    url: String,
-}
-
-fn test_db() -> Option<TestDb> {
-    let mut cfg: postgres::Config = admin_url().parse().unwrap();
-    cfg.connect_timeout(Duration::from_secs(3));
-    let mut admin = match cfg.connect(postgres::NoTls) {
-        Ok(c) => c,
-        Err(e) => {
-            if std::env::var_os("CI").is_some() {
-                panic!("PostgreSQL at {} is required on CI: {e}", admin_url());
-            }
-            eprintln!(
-                "SKIPPED: PostgreSQL not reachable at {} ({e}); set CI=1 to make this fail",
-                admin_url()
-            );
-            return None;
-        }
-    };
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let schema = format!(
-        "sluice_test_state_{:x}_{}_{}",
-        nanos,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    );
-    admin
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .unwrap();
-    let sep = if admin_url().contains('?') { '&' } else { '?' };
-    let url = format!("{}{sep}options=-csearch_path%3D{schema}", admin_url());
-    Some(TestDb { schema, url })
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) = admin_url()
-            .parse::<postgres::Config>()
-            .unwrap()
-            .connect(postgres::NoTls)
-        {
-            let _ = c.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema));
-        }
-    }
-}
+use common::pg::{TestDb, test_db};
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|b| format!("{b:02x}")).collect()
@@ -85,8 +28,8 @@ async fn replica(db: &TestDb) -> (Env, String) {
              [[admin.tokens]]\nname = \"ops-alice\"\ntoken_sha256 = \"{}\"\n",
             hex(&sluice_admin::auth::hash_token(ALICE)),
         ),
-        store_extra: format!("database_url = {:?}", db.url),
-        state_url: Some(db.url.clone()),
+        store_extra: format!("database_url = {:?}", db.url(None)),
+        state_url: Some(db.url(None)),
         ..Opts::default()
     })
     .await;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod pg;
+
 use sluice::gateway::{self, Running};
 use sluice_config::Config;
 use sluice_mock::{MockHandle, MockOptions};
