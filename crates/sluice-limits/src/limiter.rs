@@ -20,9 +20,9 @@ use crate::queue::{FairQueue, Place, Seat};
 use crate::redis::{RedisBackend, Via};
 use crate::{Demand, Dimension};
 use arc_swap::ArcSwap;
+use foldhash::{HashMap, HashMapExt as _};
 use sluice_config::{Config, ModelClass, Priority, usd_to_micros};
 use sluice_core::Usage;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -288,6 +288,44 @@ pub const OBSERVE_EVERY_US: u64 = 100_000;
 /// Prefixes shorter than this are never cached upstream (the smallest published minimum is
 /// 1024 tokens; some models need more, where a prediction errs towards reserving).
 const MIN_CACHEABLE: u64 = 1024;
+
+/// A call on its way through admission: what [`Limiter::acquire`] prepared once and every
+/// attempt reuses.
+struct Waiting {
+    /// The permit it will get (its request, view and wait filled in at admission).
+    permit: Permit,
+    req: AdmitRequest,
+    priority: Priority,
+    weight: u32,
+    max_wait: Duration,
+    can_wait: bool,
+    /// When it was first found short of room (the wait is measured from there).
+    started: Option<Instant>,
+    queue: Arc<FairQueue>,
+    /// Its size in the fair queue.
+    cost_tokens: u64,
+    unix_ms: i64,
+    /// The limiter's clock when it was prepared.
+    prepared_at_us: u64,
+}
+
+impl Waiting {
+    fn admitted(self, view: TenantView, via: Via, waited: Duration) -> Permit {
+        let mut permit = self.permit;
+        permit.request = Some(self.req);
+        permit.via = via;
+        permit.view = view;
+        permit.waited = waited;
+        permit
+    }
+}
+
+/// See [`Limiter::decide`].
+enum Decided {
+    Admitted(TenantView, Via, Duration),
+    Refused(Box<Refused>),
+    Wait(usize, u64),
+}
 
 /// The limiter (cheap to clone).
 #[derive(Clone)]
@@ -689,11 +727,38 @@ impl Limiter {
     }
 
     /// Admit a call, waiting for room up to the tenant's `max_wait_ms`.
+    ///
+    /// Most calls are admitted (or refused) by the in-process backend at once: that path runs
+    /// synchronously and never builds the waiting machinery, so the future the request
+    /// handler awaits stays small. Only a call that must wait, or one that asks Redis, goes on
+    /// to [`Limiter::wait_for_room`], boxed.
     pub async fn acquire(
         &self,
         cfg: &Arc<Config>,
         call: CallInfo<'_>,
     ) -> Result<Permit, Box<Refused>> {
+        let mut w = match self.prepare(cfg, call) {
+            Ok(w) => w,
+            Err(unlimited) => return Ok(*unlimited),
+        };
+        let mut first = None;
+        if let Backend::Local(b) = &self.0.backend
+            && !(w.can_wait && w.queue.busy_at_or_above(w.priority))
+        {
+            // The clock read while preparing is microseconds old: close enough to admit at.
+            let outcome = b.admit(&w.req, w.prepared_at_us);
+            match self.decide(&mut w, &mut None, outcome, Via::Local) {
+                Decided::Admitted(view, via, waited) => return Ok(w.admitted(view, via, waited)),
+                Decided::Refused(r) => return Err(r),
+                Decided::Wait(scope, retry_after_us) => first = Some((scope, retry_after_us)),
+            }
+        }
+        Box::pin(self.wait_for_room(w, first)).await
+    }
+
+    /// Everything about a call that admission needs, or (boxed, so the common result stays
+    /// small) the permit of a call that nothing limits.
+    fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Result<Waiting, Box<Permit>> {
         let policy = self.policy(cfg);
         let class = policy.class_of(call.model).clone();
         let model: Arc<str> = Arc::from(call.model);
@@ -720,7 +785,7 @@ impl Limiter {
             // Nothing limits this call: no estimate is needed (an unlimited tenant's calls cost
             // the request path nothing here), and there is nothing to settle.
             self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            return Ok(Permit {
+            return Err(Box::new(Permit {
                 limiter: None,
                 request: None,
                 via: Via::Local,
@@ -733,7 +798,7 @@ impl Limiter {
                 waited: Duration::ZERO,
                 cache_reads_count: false,
                 queue: None,
-            });
+            }));
         }
         let est = estimate_input(call.body);
         let corrected = self.0.correction.apply(call.model, est.total);
@@ -779,13 +844,16 @@ impl Limiter {
                 }
             })
         });
-        let mut permit = Permit {
+        let queue = self.queue(&class);
+        let max_wait = tp.map_or(Duration::ZERO, |t| t.max_wait);
+        let weight = tp.map_or(1, |t| t.weight);
+        let permit = Permit {
             limiter: Some(self.clone()),
             request: None,
             via: Via::Local,
             view: TenantView::default(),
             model,
-            class: class.clone(),
+            class,
             raw_input_estimate: est.total,
             breakpoints: est
                 .breakpoints()
@@ -793,154 +861,203 @@ impl Limiter {
                 .filter(|p| p.tokens >= MIN_CACHEABLE)
                 .map(|p| p.hash)
                 .collect(),
-            policy: policy.clone(),
+            policy,
             waited: Duration::ZERO,
             cache_reads_count,
-            queue: None,
+            queue: Some(queue.clone()),
         };
-        let req = AdmitRequest {
-            tenant: call.tenant.clone(),
-            scopes,
-            demand: Demand {
-                requests: 1,
-                input_tokens: input,
-                output_tokens: output,
+        Ok(Waiting {
+            permit,
+            req: AdmitRequest {
+                tenant: call.tenant.clone(),
+                scopes,
+                demand: Demand {
+                    requests: 1,
+                    input_tokens: input,
+                    output_tokens: output,
+                },
+                budget,
             },
-            budget,
-        };
-        let max_wait = tp.map_or(Duration::ZERO, |t| t.max_wait);
-        let weight = tp.map_or(1, |t| t.weight);
-        let started = Instant::now();
-        let deadline = started + max_wait;
-        let can_wait = !max_wait.is_zero();
-        let queue = self.queue(&class);
-        permit.queue = Some(queue.clone());
-        let mut seat: Option<Seat> = None;
-        let cost_tokens = input.saturating_add(output);
-        let join = |rejoin: Option<Place>| {
-            Seat::take(&queue, call.tenant, priority, cost_tokens, weight, rejoin)
-        };
+            priority,
+            weight,
+            max_wait,
+            can_wait: !max_wait.is_zero(),
+            started: None,
+            queue,
+            cost_tokens: input.saturating_add(output),
+            unix_ms: call.unix_ms,
+            prepared_at_us: now,
+        })
+    }
 
-        let refuse = |this: &Self, r: Refused, seat: Option<Seat>| {
-            if let Some(s) = seat {
-                s.leave(false);
-            }
-            let c = match r.reason {
-                RefusalReason::TenantRate => &this.0.stats.refused_tenant,
-                RefusalReason::OrgPool => &this.0.stats.refused_org,
-                RefusalReason::Budget => &this.0.stats.refused_budget,
-                RefusalReason::Unavailable => &this.0.stats.refused_unavailable,
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-            Err(Box::new(r))
-        };
-
-        loop {
-            if let Some(s) = &seat {
-                if !s.is_head() {
-                    if tokio::time::timeout_at(deadline, s.notified())
-                        .await
-                        .is_err()
-                    {
-                        let view = self.current_view(&req);
-                        let r = Refused {
-                            reason: RefusalReason::OrgPool,
-                            message: format!(
-                                "the shared {class} capacity stayed busy for the {} ms tenant '{}' may wait (max_wait_ms); retry shortly",
-                                max_wait.as_millis(),
-                                call.tenant
-                            ),
-                            retry_after_secs: 1,
-                            should_retry: true,
-                            view,
-                        };
-                        return refuse(self, r, seat);
-                    }
-                    continue;
+    /// What one admission attempt means for the call: admitted, refused for good, or short
+    /// of room in the scope at that index for `retry_after_us` and allowed to wait that long.
+    /// An admission or a refusal gives up `seat`; a wait keeps it.
+    fn decide(
+        &self,
+        w: &mut Waiting,
+        seat: &mut Option<Seat>,
+        outcome: Outcome,
+        via: Via,
+    ) -> Decided {
+        let view = TenantView::from_outcome(&w.req, &outcome.views);
+        match outcome.result {
+            Ok(()) => {
+                let queued = seat.is_some();
+                if let Some(s) = seat.take() {
+                    s.leave(true);
                 }
-            } else if can_wait && queue.busy_at_or_above(priority) {
-                seat = Some(join(None));
-                continue;
-            }
-
-            let (outcome, via) = match self.admit_once(&req).await {
-                Ok(o) => o,
-                Err(e) => {
-                    let r = Refused {
-                        reason: RefusalReason::Unavailable,
-                        message: format!(
-                            "the rate limiter is unavailable ({e}) and this gateway is configured to refuse calls until it is back; retry shortly"
-                        ),
-                        retry_after_secs: 1,
-                        should_retry: true,
-                        view: TenantView::default(),
-                    };
-                    return refuse(self, r, seat);
-                }
-            };
-            let view = TenantView::from_outcome(&req, &outcome.views);
-            match outcome.result {
-                Ok(()) => {
-                    let queued = seat.is_some();
-                    if let Some(s) = seat.take() {
-                        s.leave(true);
-                    }
-                    let waited = started.elapsed();
-                    let st = &self.0.stats;
-                    st.admitted.fetch_add(1, Ordering::Relaxed);
-                    if !waited.is_zero() && queued {
+                let waited = w.started.map_or(Duration::ZERO, |t| t.elapsed());
+                let st = &self.0.stats;
+                st.admitted.fetch_add(1, Ordering::Relaxed);
+                if !waited.is_zero() {
+                    if queued {
                         st.admitted_after_wait.fetch_add(1, Ordering::Relaxed);
                     }
                     st.wait_us_total.fetch_add(
                         u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
                         Ordering::Relaxed,
                     );
-                    permit.request = Some(req);
-                    permit.via = via;
-                    permit.view = view;
-                    permit.waited = waited;
-                    return Ok(permit);
                 }
-                Err(d @ (Denial::Budget { .. } | Denial::NeverFits { .. })) => {
-                    let r = describe(&req, d, view, call.unix_ms);
-                    return refuse(self, r, seat);
+                Decided::Admitted(view, via, waited)
+            }
+            Err(d @ (Denial::Budget { .. } | Denial::NeverFits { .. })) => {
+                let r = describe(&w.req, d, view, w.unix_ms);
+                Decided::Refused(self.refuse(r, seat.take()))
+            }
+            Err(
+                d @ Denial::Wait {
+                    scope,
+                    retry_after_us,
+                    ..
+                },
+            ) => {
+                let now = Instant::now();
+                let deadline = *w.started.get_or_insert(now) + w.max_wait;
+                if !w.can_wait || now + Duration::from_micros(retry_after_us) > deadline {
+                    let r = describe(&w.req, d, view, w.unix_ms);
+                    return Decided::Refused(self.refuse(r, seat.take()));
                 }
-                Err(
-                    d @ Denial::Wait {
-                        scope,
-                        retry_after_us,
-                        ..
-                    },
-                ) => {
-                    let wait = Duration::from_micros(retry_after_us);
-                    if !can_wait || Instant::now() + wait > deadline {
-                        let r = describe(&req, d, view, call.unix_ms);
-                        return refuse(self, r, seat);
-                    }
-                    let is_org = req
-                        .scopes
-                        .get(scope)
-                        .is_some_and(|s| s.kind == ScopeKind::Org);
-                    if is_org {
-                        let s = seat.get_or_insert_with(|| join(None));
-                        if s.is_head() {
-                            // Sleep until the pool has room for us, or until a refund pokes us.
-                            let _ = tokio::time::timeout(wait, s.notified()).await;
+                Decided::Wait(scope, retry_after_us)
+            }
+        }
+    }
+
+    /// Wait in the class's fair queue (or aside, when only the tenant's own bucket is short)
+    /// until the call is admitted, refused, or out of `max_wait_ms`. `first` is the wait the
+    /// synchronous attempt already found, if it made one.
+    async fn wait_for_room(
+        &self,
+        mut w: Waiting,
+        mut first: Option<(usize, u64)>,
+    ) -> Result<Permit, Box<Refused>> {
+        let started = *w.started.get_or_insert_with(Instant::now);
+        let deadline = started + w.max_wait;
+        let mut seat: Option<Seat> = None;
+        let queue = w.queue.clone();
+        let join = |w: &Waiting, rejoin: Option<Place>| {
+            Seat::take(
+                &queue,
+                &w.req.tenant,
+                w.priority,
+                w.cost_tokens,
+                w.weight,
+                rejoin,
+            )
+        };
+
+        loop {
+            let (scope, retry_after_us) = match first.take() {
+                Some(wait) => wait,
+                None => {
+                    if let Some(s) = &seat {
+                        if !s.is_head() {
+                            if tokio::time::timeout_at(deadline, s.notified())
+                                .await
+                                .is_err()
+                            {
+                                let r = Refused {
+                                    reason: RefusalReason::OrgPool,
+                                    message: format!(
+                                        "the shared {} capacity stayed busy for the {} ms tenant '{}' may wait (max_wait_ms); retry shortly",
+                                        w.permit.class,
+                                        w.max_wait.as_millis(),
+                                        w.req.tenant
+                                    ),
+                                    retry_after_secs: 1,
+                                    should_retry: true,
+                                    view: self.current_view(&w.req),
+                                };
+                                return Err(self.refuse(r, seat));
+                            }
+                            continue;
                         }
-                    } else {
-                        // Our own tenant's bucket is short: step aside so the rest of the
-                        // class is not held up, and come back to the same place.
-                        let old = seat.take().map(|s| s.leave(false));
-                        tokio::time::sleep(wait).await;
-                        if let Some(p) = old {
-                            seat = Some(join(Some(p)));
-                        }
+                    } else if w.can_wait && w.queue.busy_at_or_above(w.priority) {
+                        seat = Some(join(&w, None));
+                        continue;
                     }
+
+                    let (outcome, via) = match self.admit_once(&w.req).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            let r = Refused {
+                                reason: RefusalReason::Unavailable,
+                                message: format!(
+                                    "the rate limiter is unavailable ({e}) and this gateway is configured to refuse calls until it is back; retry shortly"
+                                ),
+                                retry_after_secs: 1,
+                                should_retry: true,
+                                view: TenantView::default(),
+                            };
+                            return Err(self.refuse(r, seat));
+                        }
+                    };
+                    match self.decide(&mut w, &mut seat, outcome, via) {
+                        Decided::Admitted(view, via, waited) => {
+                            return Ok(w.admitted(view, via, waited));
+                        }
+                        Decided::Refused(r) => return Err(r),
+                        Decided::Wait(scope, retry_after_us) => (scope, retry_after_us),
+                    }
+                }
+            };
+            let wait = Duration::from_micros(retry_after_us);
+            let is_org = w
+                .req
+                .scopes
+                .get(scope)
+                .is_some_and(|s| s.kind == ScopeKind::Org);
+            if is_org {
+                let s = seat.get_or_insert_with(|| join(&w, None));
+                if s.is_head() {
+                    // Sleep until the pool has room for us, or until a refund pokes us.
+                    let _ = tokio::time::timeout(wait, s.notified()).await;
+                }
+            } else {
+                // Our own tenant's bucket is short: step aside so the rest of the class is not
+                // held up, and come back to the same place.
+                let old = seat.take().map(|s| s.leave(false));
+                tokio::time::sleep(wait).await;
+                if let Some(p) = old {
+                    seat = Some(join(&w, Some(p)));
                 }
             }
         }
     }
 
+    fn refuse(&self, r: Refused, seat: Option<Seat>) -> Box<Refused> {
+        if let Some(s) = seat {
+            s.leave(false);
+        }
+        let c = match r.reason {
+            RefusalReason::TenantRate => &self.0.stats.refused_tenant,
+            RefusalReason::OrgPool => &self.0.stats.refused_org,
+            RefusalReason::Budget => &self.0.stats.refused_budget,
+            RefusalReason::Unavailable => &self.0.stats.refused_unavailable,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+        Box::new(r)
+    }
     /// The tenant's buckets now, without admitting anything.
     fn current_view(&self, req: &AdmitRequest) -> TenantView {
         match &self.0.backend {

@@ -7,8 +7,8 @@
 
 use crate::backend::{AdmitRequest, Denial, Outcome, Period, ScopeKind, ScopeView, Settlement};
 use crate::{Buckets, Dimension, admit_keeping, settle};
+use foldhash::HashMap;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -49,7 +49,7 @@ struct Shard {
 /// The in-process limiter state.
 pub struct LocalBackend {
     shards: Vec<Mutex<Shard>>,
-    hasher: std::hash::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for LocalBackend {
@@ -69,7 +69,7 @@ impl LocalBackend {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: std::hash::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 

@@ -13,9 +13,9 @@
 //! long-context pricing charges every token of a call whose total input (uncached + cache
 //! writes + cache reads) exceeds a threshold at the higher prices, output included.
 
+use foldhash::HashMap;
 use sluice_config::PriceEntry;
 use sluice_core::Usage;
-use std::collections::HashMap;
 
 /// The shipped price file.
 const BUILTIN: &str = include_str!("../prices.toml");

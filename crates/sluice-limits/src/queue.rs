@@ -12,8 +12,9 @@
 //! to whichever waiter's timer fires first. The head is woken by its own `Notify` when it
 //! becomes the head, and when room may have appeared early (a settlement refunded tokens).
 
+use foldhash::HashMap;
 use sluice_config::Priority;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 

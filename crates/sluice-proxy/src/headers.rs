@@ -82,12 +82,13 @@ fn strip(headers: &mut HeaderMap, keep_for: Option<&TenantView>) {
         }
     }
     // Any other organisation rate-limit header (a new dimension): rare, so only a scan, which
-    // spares the names about to be overwritten.
+    // spares the names about to be overwritten (the known names of dimensions that are not
+    // ours are gone by now, so "known" is enough, and a `match` on the name is far cheaper
+    // than comparing it with each of the nine).
     let stray = |k: &HeaderName| {
-        k.as_str().starts_with("anthropic-ratelimit-")
-            && !RATE_HEADERS
-                .iter()
-                .any(|(d, names)| ours(*d) && names.contains(k))
+        k.as_str()
+            .strip_prefix("anthropic-ratelimit-")
+            .is_some_and(|rest| rate_index(rest).is_none())
     };
     if headers.keys().any(stray) {
         let doomed: Vec<HeaderName> = headers.keys().filter(|k| stray(k)).cloned().collect();
@@ -129,25 +130,87 @@ static RATE_HEADERS: [(Dimension, [HeaderName; 3]); 3] = [
 /// The tenant's own `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,
 /// remaining,reset}` headers, in the upstream's format (reset is RFC 3339, when the bucket is
 /// full again). Only limited dimensions get headers.
+///
+/// The Anthropic API sends all nine names on every reply, and [`for_client_with_limits`] left
+/// the ones of the tenant's dimensions in place, so one pass over the reply's headers
+/// overwrites them where they are: no hashing and probing for each of the nine names (which
+/// showed in the profile of every limited call). Any the upstream did not send (another
+/// provider, a refusal built here) are inserted after.
 pub fn rate_limit_headers(h: &mut HeaderMap, view: &TenantView) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    for (i, (d, [limit, remaining, reset])) in RATE_HEADERS.iter().enumerate() {
+    let mut values: [Option<HeaderValue>; 9] = Default::default();
+    for (i, (d, _)) in RATE_HEADERS.iter().enumerate() {
         let Some(b) = view.get(*d) else { continue };
-        h.insert(limit.clone(), cached_limit(i, b.limit));
-        h.insert(remaining.clone(), HeaderValue::from(b.remaining));
+        values[3 * i] = Some(cached_limit(i, b.limit));
+        // `HeaderValue::from(u64)` formats through a growable buffer; a stack buffer and one
+        // copy cost less than half as much.
+        let mut digits = itoa::Buffer::new();
+        values[3 * i + 1] = Some(
+            HeaderValue::from_str(digits.format(b.remaining))
+                .unwrap_or_else(|_| HeaderValue::from(b.remaining)),
+        );
         let at = now + std::time::Duration::from_micros(b.full_in_us);
-        if let Some(v) = cached_reset(at.as_secs()) {
-            h.insert(reset.clone(), v);
+        values[3 * i + 2] = cached_reset(at.as_secs());
+    }
+    let mut seen = 0u16;
+    let mut repeated = 0u16;
+    for (name, value) in h.iter_mut() {
+        let Some(k) = name
+            .as_str()
+            .strip_prefix("anthropic-ratelimit-")
+            .and_then(rate_index)
+        else {
+            continue;
+        };
+        if seen & (1 << k) != 0 {
+            repeated |= 1 << k;
+        } else if let Some(v) = values[k].take() {
+            *value = v;
+            seen |= 1 << k;
+        }
+    }
+    for (k, v) in values.into_iter().enumerate() {
+        if let Some(v) = v {
+            h.insert(rate_name(k).clone(), v);
+        } else if repeated & (1 << k) != 0 {
+            // The upstream sent this name more than once: the later values are still the
+            // organisation's. Keep only ours (the first).
+            if let Some(ours) = h.get(rate_name(k)).cloned() {
+                h.insert(rate_name(k).clone(), ours);
+            }
         }
     }
 }
 
+/// The index (`3 * dimension + {limit: 0, remaining: 1, reset: 2}`, the order of
+/// [`RATE_HEADERS`]) of the header `anthropic-ratelimit-<suffix>`.
+fn rate_index(suffix: &str) -> Option<usize> {
+    Some(match suffix {
+        "requests-limit" => 0,
+        "requests-remaining" => 1,
+        "requests-reset" => 2,
+        "input-tokens-limit" => 3,
+        "input-tokens-remaining" => 4,
+        "input-tokens-reset" => 5,
+        "output-tokens-limit" => 6,
+        "output-tokens-remaining" => 7,
+        "output-tokens-reset" => 8,
+        _ => return None,
+    })
+}
+
+/// The name at [`rate_index`] `k` (below 9).
+fn rate_name(k: usize) -> &'static HeaderName {
+    &RATE_HEADERS[k / 3].1[k % 3]
+}
+
 // Every reply carries these headers, so their values are kept per thread: a tenant's limit
 // changes only with its config, and a reset time is a whole second that most replies within
-// that second share. A hit is a reference-count increment instead of an allocation (and, for
-// the reset, an RFC 3339 formatting).
+// that second share. A reset hit is a reference-count increment instead of an allocation and
+// an RFC 3339 formatting; a limit hit is a static value, which costs nothing to clone or drop
+// (see [`static_limit`]).
 /// A formatted value and what it was formatted from.
 type Slot = Option<(u64, HeaderValue)>;
 
@@ -163,12 +226,40 @@ fn cached_limit(dimension: usize, limit: u64) -> HeaderValue {
     LIMITS.with_borrow_mut(|slots| match slots.get_mut(dimension) {
         Some(Some((n, v))) if *n == limit => v.clone(),
         Some(slot) => {
-            let v = HeaderValue::from(limit);
+            let v = static_limit(limit);
             *slot = Some((limit, v.clone()));
             v
         }
-        None => HeaderValue::from(limit),
+        None => static_limit(limit),
     })
+}
+
+/// Most distinct limit values ever given a static header value.
+const STATIC_LIMITS_CAP: usize = 4096;
+
+/// `limit` as a header value backed by a string formatted once for the life of the process.
+/// A shared value's reference count is two atomic operations per header per reply (an
+/// increment here, a decrement when hyper drops the written headers), which showed in the
+/// profile of a limited tenant's calls; a static one has none. Limits come from config, so
+/// the set of numbers is small; past [`STATIC_LIMITS_CAP`] distinct ones (a config reloaded
+/// with new numbers thousands of times) values are formatted per call instead of kept.
+fn static_limit(limit: u64) -> HeaderValue {
+    static INTERNED: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<u64, &'static str>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let mut m = INTERNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let s = match m.get(&limit) {
+        Some(s) => *s,
+        None if m.len() < STATIC_LIMITS_CAP => {
+            let s: &'static str = Box::leak(limit.to_string().into_boxed_str());
+            m.insert(limit, s);
+            s
+        }
+        None => return HeaderValue::from(limit),
+    };
+    HeaderValue::from_static(s)
 }
 
 fn cached_reset(unix_secs: u64) -> Option<HeaderValue> {
@@ -355,5 +446,71 @@ mod tests {
         );
         for_client(&mut h2);
         assert!(h2.is_empty());
+    }
+
+    #[test]
+    fn rate_index_names_exactly_the_rate_headers_in_order() {
+        for k in 0..9 {
+            let suffix = rate_name(k)
+                .as_str()
+                .strip_prefix("anthropic-ratelimit-")
+                .unwrap();
+            assert_eq!(rate_index(suffix), Some(k), "{suffix}");
+        }
+        for other in [
+            "tokens-limit",
+            "priority-input-tokens-limit",
+            "requests",
+            "",
+        ] {
+            assert_eq!(rate_index(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_org_header_never_survives_overwriting() {
+        use sluice_limits::backend::BucketView;
+        let mut h = HeaderMap::new();
+        h.append(
+            "anthropic-ratelimit-requests-remaining",
+            "3999".parse().unwrap(),
+        );
+        h.append(
+            "anthropic-ratelimit-requests-remaining",
+            "3998".parse().unwrap(),
+        );
+        h.insert(
+            "anthropic-ratelimit-requests-limit",
+            "4000".parse().unwrap(),
+        );
+        let bucket = BucketView {
+            limit: 60,
+            remaining: 59,
+            full_in_us: 0,
+        };
+        let view = TenantView {
+            requests: Some(bucket),
+            input_tokens: None,
+            output_tokens: None,
+        };
+        for_client_with_limits(&mut h, &view);
+        let rem: Vec<_> = h
+            .get_all("anthropic-ratelimit-requests-remaining")
+            .iter()
+            .collect();
+        assert_eq!(rem, ["59"]);
+        assert_eq!(h["anthropic-ratelimit-requests-limit"], "60");
+        // The reset was not sent by the upstream: inserted.
+        assert!(h.get("anthropic-ratelimit-requests-reset").is_some());
+        assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn static_limit_values_read_back_as_the_number() {
+        for n in [0, 7, 60, 200_000, u64::MAX] {
+            assert_eq!(static_limit(n), n.to_string().as_str());
+            // The second time is the interned value, equal to the first.
+            assert_eq!(static_limit(n), static_limit(n));
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! A per-model multiplier learned from the upstream's reported usage.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::sync::{Mutex, PoisonError};
 
 /// How the correction learns.

@@ -7,7 +7,7 @@
 //! settlement charges or refunds the difference once the reply's usage is known.
 
 use super::hash::hash_bytes;
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
