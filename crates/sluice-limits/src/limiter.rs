@@ -70,6 +70,9 @@ pub struct Policy {
     cache_reads_count: Vec<Arc<str>>,
     /// When each org pool last took the upstream's word (µs on the limiter's clock).
     observed: HashMap<Arc<str>, AtomicU64>,
+    /// The fair queue of each entry of `class_names`, then of `other`: the limiter's queues
+    /// (which outlive any one policy), looked up once per snapshot instead of once per call.
+    queues: Vec<Arc<FairQueue>>,
 }
 
 impl Policy {
@@ -205,7 +208,30 @@ impl Policy {
             prices: Arc::new(prices),
             cache_ttl_us: cfg.limits.cache_ttl_secs.saturating_mul(1_000_000),
             cache_reads_count,
+            queues: Vec::new(),
         })
+    }
+
+    /// Give the policy its classes' queues from the limiter's `queues`.
+    fn attach_queues(&mut self, queues: &Mutex<HashMap<Arc<str>, Arc<FairQueue>>>) {
+        let mut q = queues.lock().unwrap_or_else(PoisonError::into_inner);
+        self.queues = self
+            .class_names
+            .iter()
+            .chain(std::iter::once(&self.other))
+            .map(|c| q.entry(c.clone()).or_default().clone())
+            .collect();
+    }
+
+    /// The class of `model` and, when the policy has them, its fair queue.
+    fn class_and_queue(&self, model: &str) -> (&Arc<str>, Option<&Arc<FairQueue>>) {
+        let i = self
+            .classes
+            .iter()
+            .position(|c| c.matches(model))
+            .unwrap_or(self.class_names.len());
+        let class = self.class_names.get(i).unwrap_or(&self.other);
+        (class, self.queues.get(i))
     }
 
     /// The model class of `model` (first match; `other` when none matches).
@@ -318,6 +344,14 @@ impl Waiting {
         permit.waited = waited;
         permit
     }
+}
+
+/// What [`Limiter::prepare`] found. The variants are both about a permit's size: neither
+/// is boxed, so an unlimited call allocates nothing here.
+#[allow(clippy::large_enum_variant)]
+enum Prepared {
+    Unlimited(Permit),
+    Limited(Waiting),
 }
 
 /// See [`Limiter::decide`].
@@ -540,7 +574,9 @@ impl Permit {
 impl Limiter {
     /// A limiter over `backend`; `cfg` is checked now so a bad policy fails at startup.
     pub fn new(cfg: &Arc<Config>, backend: Backend) -> Result<Limiter, LimitsError> {
-        let policy = Policy::build(cfg)?;
+        let mut policy = Policy::build(cfg)?;
+        let queues = Mutex::new(HashMap::new());
+        policy.attach_queues(&queues);
         let l = &cfg.limits;
         Ok(Limiter(Arc::new(Inner {
             backend,
@@ -549,7 +585,7 @@ impl Limiter {
                 config: Arc::downgrade(cfg),
                 policy: Arc::new(policy),
             }),
-            queues: Mutex::new(HashMap::new()),
+            queues,
             correction: Correction::new(),
             outputs: OutputEstimator::new(
                 l.output_percentile,
@@ -625,7 +661,10 @@ impl Limiter {
             return cur.policy.clone();
         }
         let policy = match Policy::build(cfg) {
-            Ok(p) => Arc::new(p),
+            Ok(mut p) => {
+                p.attach_queues(&self.0.queues);
+                Arc::new(p)
+            }
             Err(e) => {
                 // Remembered against this snapshot too, so it is said once, not per call.
                 tracing::error!(error = %e, "new config's limits are invalid; keeping the previous ones");
@@ -738,8 +777,8 @@ impl Limiter {
         call: CallInfo<'_>,
     ) -> Result<Permit, Box<Refused>> {
         let mut w = match self.prepare(cfg, call) {
-            Ok(w) => w,
-            Err(unlimited) => return Ok(*unlimited),
+            Prepared::Limited(w) => w,
+            Prepared::Unlimited(permit) => return Ok(permit),
         };
         let mut first = None;
         if let Backend::Local(b) = &self.0.backend
@@ -756,11 +795,12 @@ impl Limiter {
         Box::pin(self.wait_for_room(w, first)).await
     }
 
-    /// Everything about a call that admission needs, or (boxed, so the common result stays
-    /// small) the permit of a call that nothing limits.
-    fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Result<Waiting, Box<Permit>> {
+    /// Everything about a call that admission needs, or the permit of a call that nothing
+    /// limits.
+    fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {
         let policy = self.policy(cfg);
-        let class = policy.class_of(call.model).clone();
+        let (class, queue) = policy.class_and_queue(call.model);
+        let (class, queue) = (class.clone(), queue.cloned());
         let model: Arc<str> = Arc::from(call.model);
         let now = self.now_us();
 
@@ -785,7 +825,7 @@ impl Limiter {
             // Nothing limits this call: no estimate is needed (an unlimited tenant's calls cost
             // the request path nothing here), and there is nothing to settle.
             self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
-            return Err(Box::new(Permit {
+            return Prepared::Unlimited(Permit {
                 limiter: None,
                 request: None,
                 via: Via::Local,
@@ -798,7 +838,7 @@ impl Limiter {
                 waited: Duration::ZERO,
                 cache_reads_count: false,
                 queue: None,
-            }));
+            });
         }
         let est = estimate_input(call.body);
         let corrected = self.0.correction.apply(call.model, est.total);
@@ -844,7 +884,7 @@ impl Limiter {
                 }
             })
         });
-        let queue = self.queue(&class);
+        let queue = queue.unwrap_or_else(|| self.queue(&class));
         let max_wait = tp.map_or(Duration::ZERO, |t| t.max_wait);
         let weight = tp.map_or(1, |t| t.weight);
         let permit = Permit {
@@ -866,7 +906,7 @@ impl Limiter {
             cache_reads_count,
             queue: Some(queue.clone()),
         };
-        Ok(Waiting {
+        Prepared::Limited(Waiting {
             permit,
             req: AdmitRequest {
                 tenant: call.tenant.clone(),

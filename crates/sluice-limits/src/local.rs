@@ -139,12 +139,14 @@ impl LocalBackend {
             *k = s.keep_free_ppm;
         }
 
+        // The tenant's spend, looked up once for the check and the debit.
         let spend_pos = pos[nscopes];
-        let budget_denial = req.budget.and_then(|b| {
+        let mut spend = req.budget.map(|b| {
             let sp = spend_entry(&mut guards[spend_pos], &req.tenant);
             sp.roll(b.day, b.month);
-            budget_denial(sp, &b)
+            (sp, b)
         });
+        let budget_denial = spend.as_ref().and_then(|(sp, b)| budget_denial(sp, b));
 
         let result = match budget_denial {
             Some(d) => {
@@ -162,9 +164,8 @@ impl LocalBackend {
             }
         };
         if result.is_ok()
-            && let Some(b) = req.budget
+            && let Some((sp, b)) = spend.as_mut()
         {
-            let sp = spend_entry(&mut guards[spend_pos], &req.tenant);
             sp.day_micros = sp.day_micros.saturating_add(b.cost_micros);
             sp.month_micros = sp.month_micros.saturating_add(b.cost_micros);
         }

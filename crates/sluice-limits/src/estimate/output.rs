@@ -6,8 +6,8 @@
 //! model actually produced lately (its 95th percentile by default) admits such a call, and
 //! settlement charges or refunds the difference once the reply's usage is known.
 
-use super::hash::hash_bytes;
 use foldhash::{HashMap, HashMapExt as _};
+use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
@@ -65,6 +65,9 @@ pub struct OutputEstimator {
     cfg: OutputConfig,
     shards: Vec<Mutex<HashMap<u64, Entry>>>,
     clock: AtomicU64,
+    /// Keys live only in this process, so the fast seeded hash serves (the prefix hash, which
+    /// must agree across replicas and releases, costs several times more on names this short).
+    hasher: foldhash::fast::RandomState,
 }
 
 impl OutputEstimator {
@@ -88,11 +91,12 @@ impl OutputEstimator {
             cfg,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             clock: AtomicU64::new(0),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
-    fn key(tenant: &str, model: &str) -> u64 {
-        hash_bytes(hash_bytes(7, tenant.as_bytes()), model.as_bytes())
+    fn key(&self, tenant: &str, model: &str) -> u64 {
+        self.hasher.hash_one((tenant, model))
     }
 
     fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Entry>> {
@@ -105,7 +109,7 @@ impl OutputEstimator {
     /// percentile of this tenant and model's recent outputs, or `cold_default` without enough
     /// history.
     pub fn estimate(&self, tenant: &str, model: &str, max_tokens: u64) -> u64 {
-        let key = Self::key(tenant, model);
+        let key = self.key(tenant, model);
         let m = self
             .shard(key)
             .lock()
@@ -119,7 +123,7 @@ impl OutputEstimator {
 
     /// Learn one call's `output_tokens`.
     pub fn observe(&self, tenant: &str, model: &str, output_tokens: u64) {
-        let key = Self::key(tenant, model);
+        let key = self.key(tenant, model);
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
         let cap = self.cfg.max_entries.div_ceil(SHARDS);
         let mut m = self
