@@ -236,11 +236,7 @@ impl Policy {
 
     /// The model class of `model` (first match; `other` when none matches).
     pub fn class_of(&self, model: &str) -> &Arc<str> {
-        self.classes
-            .iter()
-            .position(|c| c.matches(model))
-            .and_then(|i| self.class_names.get(i))
-            .unwrap_or(&self.other)
+        self.class_and_queue(model).0
     }
 
     /// The price table in force.
