@@ -115,15 +115,23 @@ impl InputEstimate {
 /// prompt. Cheap (no upstream call, no copy of the body, no allocation) and total: a body that
 /// is not a JSON object gets `bytes / 4`.
 pub fn estimate_input(body: &[u8]) -> InputEstimate {
+    // A block can only carry a breakpoint if the key is in the body (a key spelled with
+    // escapes is not the key the upstream reads either).
+    walk(body, memchr::memmem::find(body, b"cache_control").is_some())
+}
+
+/// [`estimate_input`], with prefix tracking chosen by the caller.
+fn walk(body: &[u8], track: bool) -> InputEstimate {
     let mut w = Walk {
         b: body,
+        track,
         model: (0, 0),
         tool_choice: 0,
         tool_choice_any: false,
         thinking: 0,
-        tools: Section::default(),
-        system: Section::default(),
-        messages: Section::default(),
+        tools: Section::new(track),
+        system: Section::new(track),
+        messages: Section::new(track),
         n_tools: 0,
     };
     match w.top() {
@@ -167,9 +175,19 @@ impl Ring {
 /// One of the three parts of the prompt, in the order the cache sees them: tools, system,
 /// messages. The body may list them in any order, so each keeps its own running hash and the
 /// prefix hashes are put together at the end.
+///
+/// The hashes and block boundaries serve prompt caching only, so they are kept only for a
+/// body that declares a breakpoint (`track`); any other body is just counted, without hashing
+/// its bytes or filling a kilobyte of boundaries per section.
 #[derive(Debug, Default)]
 struct Section {
     cur: Mark,
+    track: Option<Box<Track>>,
+}
+
+/// A section's block boundaries and breakpoints (see [`Section`]).
+#[derive(Debug, Default)]
+struct Track {
     ring: Ring,
     bps: [Mark; BREAKPOINTS],
     n_bps: usize,
@@ -177,22 +195,34 @@ struct Section {
 }
 
 impl Section {
+    fn new(track: bool) -> Section {
+        Section {
+            cur: Mark::default(),
+            track: track.then(Box::default),
+        }
+    }
+
     fn add(&mut self, tok: f64, hi: f64) {
         self.cur.tok += tok;
         self.cur.hi += hi;
     }
 
     fn block_end(&mut self, block_hash: u64, tok: f64, hi: f64, cache: bool) {
-        self.cur.hash = combine(&[self.cur.hash, block_hash]);
         self.add(tok, hi);
+        let Some(t) = self.track.as_deref_mut() else {
+            return;
+        };
+        self.cur.hash = combine(&[self.cur.hash, block_hash]);
         if cache {
-            self.ring_at_last_bp = self.ring;
-            self.bps[self.n_bps % BREAKPOINTS] = self.cur;
-            self.n_bps += 1;
+            t.ring_at_last_bp = t.ring;
+            t.bps[t.n_bps % BREAKPOINTS] = self.cur;
+            t.n_bps += 1;
         }
-        self.ring.push(self.cur);
+        t.ring.push(self.cur);
     }
+}
 
+impl Track {
     fn breakpoints(&self) -> impl Iterator<Item = Mark> + '_ {
         let n = self.n_bps.min(BREAKPOINTS);
         (0..n).map(move |k| self.bps[(self.n_bps - n + k) % BREAKPOINTS])
@@ -253,6 +283,8 @@ struct Source {
 
 struct Walk<'a> {
     b: &'a [u8],
+    /// Prefixes are tracked (the body declares a cache breakpoint).
+    track: bool,
     model: Span,
     tool_choice: u64,
     tool_choice_any: bool,
@@ -454,7 +486,7 @@ impl Walk<'_> {
                     match key {
                         b"model" => self.model = v,
                         b"tool_choice" => self.tool_choice_at(v)?,
-                        b"thinking" => self.thinking = hash_bytes(2, &b[v.0..v.1]),
+                        b"thinking" => self.thinking = self.hash(2, &b[v.0..v.1]),
                         _ => {}
                     }
                     Ok(())
@@ -469,7 +501,7 @@ impl Walk<'_> {
 
     fn tool_choice_at(&mut self, v: Span) -> R<()> {
         let b = self.b;
-        self.tool_choice = hash_bytes(1, &b[v.0..v.1]);
+        self.tool_choice = self.hash(1, &b[v.0..v.1]);
         if b[v.0] == b'{' {
             let mut t = Cur::at(b, v);
             t.object(|c, k| {
@@ -483,18 +515,27 @@ impl Walk<'_> {
         Ok(())
     }
 
+    /// [`hash_bytes`] when prefixes are tracked (otherwise no hash is ever read).
+    fn hash(&self, seed: u64, bytes: &[u8]) -> u64 {
+        if self.track {
+            hash_bytes(seed, bytes)
+        } else {
+            0
+        }
+    }
+
     fn high_res(&self) -> bool {
         let m = inner(self.b, Some(self.model)).unwrap_or_default();
         m.starts_with(b"claude-opus-4-7")
     }
 
     fn tools_at(&mut self, c: &mut Cur<'_>) -> R<()> {
-        let b = self.b;
+        let (b, track) = (self.b, self.track);
         if c.peek() != Some(b'[') {
             return c.skip(1);
         }
         c.array(|c| {
-            let (f, h) = Body::fields(c, true)?;
+            let (f, h) = Body::fields(c, track)?;
             let mut tok = TOOL_DEF;
             let ty = inner(b, f.ty);
             if let Some(ty) = ty.filter(|t| *t != b"custom") {
@@ -516,20 +557,20 @@ impl Walk<'_> {
     }
 
     fn system_at(&mut self, c: &mut Cur<'_>) -> R<()> {
-        let b = self.b;
+        let (b, track) = (self.b, self.track);
         match c.peek() {
             Some(b'"') => {
                 let v = c.value(1)?;
                 let tok = inner(b, Some(v)).map_or(0.0, text_tokens);
-                self.system
-                    .block_end(hash_bytes(3, &b[v.0..v.1]), tok, 0.0, false);
+                let h = self.hash(3, &b[v.0..v.1]);
+                self.system.block_end(h, tok, 0.0, false);
                 Ok(())
             }
             Some(b'[') => {
                 let mut first = true;
                 let body = Body { b };
                 c.array(|c| {
-                    let (f, h) = Body::fields(c, true)?;
+                    let (f, h) = Body::fields(c, track)?;
                     let mut cost = body.block_cost(&f, 1)?;
                     if !first {
                         cost.tok += BLOCK;
@@ -554,7 +595,7 @@ impl Walk<'_> {
             c.object(|c, k| match k {
                 b"role" => {
                     let v = c.value(3)?;
-                    role = Some(hash_bytes(4, inner(b, Some(v)).unwrap_or_default()));
+                    role = Some(self.hash(4, inner(b, Some(v)).unwrap_or_default()));
                     Ok(())
                 }
                 b"content" => match role {
@@ -567,7 +608,7 @@ impl Walk<'_> {
                 },
                 _ => c.skip(3),
             })?;
-            let role = role.unwrap_or_else(|| hash_bytes(4, b""));
+            let role = role.unwrap_or_else(|| self.hash(4, b""));
             match later {
                 Some(v) => self.content_at(&mut Cur::at(b, v), role),
                 None => Ok(()),
@@ -577,23 +618,23 @@ impl Walk<'_> {
 
     /// A message's `content`, at the cursor.
     fn content_at(&mut self, c: &mut Cur<'_>, role: u64) -> R<()> {
-        let b = self.b;
+        let (b, track) = (self.b, self.track);
         match c.peek() {
             Some(b'"') => {
                 let v = c.value(3)?;
                 let tok = MESSAGE + inner(b, Some(v)).map_or(0.0, text_tokens);
-                let h = hash_bytes(role, &b[v.0..v.1]);
+                let h = self.hash(role, &b[v.0..v.1]);
                 self.messages.block_end(h, tok, 0.0, false);
             }
             Some(b'[') => {
                 let mut first = true;
                 let body = Body { b };
                 c.array(|c| {
-                    let (f, h) = Body::fields(c, true)?;
+                    let (f, h) = Body::fields(c, track)?;
                     let mut cost = body.block_cost(&f, 4)?;
                     let h = if first {
                         cost.tok += MESSAGE;
-                        combine(&[role, h])
+                        if track { combine(&[role, h]) } else { 0 }
                     } else {
                         cost.tok += BLOCK;
                         h
@@ -616,7 +657,6 @@ impl Walk<'_> {
 
     fn finish(self) -> InputEstimate {
         let hi_res = self.high_res();
-        let model = hash_bytes(6, inner(self.b, Some(self.model)).unwrap_or_default());
         let overhead = REQUEST_BASE
             + match (self.n_tools, self.tool_choice_any) {
                 (0, _) => 0.0,
@@ -624,7 +664,23 @@ impl Walk<'_> {
                 (_, true) => TOOLS_ANY,
             };
         let tok = |m: &Mark| m.tok + if hi_res { m.hi } else { 0.0 };
-        let secs = [&self.tools, &self.system, &self.messages];
+        let mut offset = [overhead; 3];
+        offset[1] = overhead + tok(&self.tools.cur);
+        offset[2] = offset[1] + tok(&self.system.cur);
+
+        let mut est = InputEstimate::fallback(0);
+        est.parsed = true;
+        est.total = round(offset[2] + tok(&self.messages.cur)).max(1);
+        let (Some(t0), Some(t1), Some(t2)) = (
+            self.tools.track.as_deref(),
+            self.system.track.as_deref(),
+            self.messages.track.as_deref(),
+        ) else {
+            return est; // no breakpoint declared: no prefixes
+        };
+        let secs = [t0, t1, t2];
+
+        let model = hash_bytes(6, inner(self.b, Some(self.model)).unwrap_or_default());
         // Per section: the hash context and token offset its prefixes start from.
         let ctx = [
             combine(&[model, 0]),
@@ -638,17 +694,10 @@ impl Walk<'_> {
                 self.thinking,
             ]),
         ];
-        let mut offset = [overhead; 3];
-        offset[1] = overhead + tok(&self.tools.cur);
-        offset[2] = offset[1] + tok(&self.system.cur);
         let prefix = |s: usize, m: Mark| Prefix {
             hash: combine(&[ctx[s], m.hash]),
             tokens: round(offset[s] + tok(&m)),
         };
-
-        let mut est = InputEstimate::fallback(0);
-        est.parsed = true;
-        est.total = round(offset[2] + tok(&self.messages.cur)).max(1);
 
         // The last breakpoints in prompt order.
         let all = (0..3).flat_map(|s| secs[s].breakpoints().map(move |m| (s, m)));
@@ -876,6 +925,30 @@ mod tests {
         assert!(a.total > 20 && a.total < 60, "{}", a.total);
         assert_eq!(a.prefix_hash, None);
         assert_eq!(a.cached_prefix_tokens, 0);
+    }
+
+    #[test]
+    fn tracking_prefixes_does_not_change_the_count() {
+        // Only a body naming `cache_control` is walked with prefix tracking; the count must
+        // not depend on it.
+        for body in [
+            format!(r#"{{"model":"m","system":"{SYS}","messages":[{{"role":"user","content":"Hi"}}]}}"#),
+            format!(
+                r#"{{"tools":[{{"name":"t","description":"d","input_schema":{{"type":"object"}}}}],"tool_choice":{{"type":"any"}},"system":[{{"type":"text","text":"{SYS}"}}],"messages":[{{"content":[{{"type":"text","text":"a"}},{{"type":"image","source":{{"type":"url","url":"u"}}}}],"role":"user"}},{{"role":"assistant","content":"b"}}],"model":"claude-opus-4-7"}}"#
+            ),
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#.to_string(),
+            r#"{"messages":"hi","system":42,"tools":{"a":1}}"#.to_string(),
+        ] {
+            let (plain, tracked) = (walk(body.as_bytes(), false), walk(body.as_bytes(), true));
+            assert_eq!(plain.total, tracked.total, "{body}");
+            assert_eq!(plain.breakpoints(), &[][..]);
+            assert_eq!(estimate_input(body.as_bytes()), if body.contains("cache_control") { tracked } else { plain });
+        }
+        // The word in a text is not a breakpoint.
+        let e = est(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"what is cache_control?"}]}]}"#,
+        );
+        assert!(e.parsed && e.prefix_hash.is_none());
     }
 
     #[test]
