@@ -4,7 +4,9 @@
 //! backends differ only in where the state lives; the conformance suite holds them to the
 //! same answers.
 
+use crate::local::LocalSlot;
 use crate::{Bucket, Buckets, Demand, Dimension, Rate};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// What a scope is, for messages, headers and the org-pool feedback.
@@ -85,6 +87,10 @@ impl Rates {
 }
 
 /// One scope of an admission.
+///
+/// The limiter builds its scopes once per config snapshot and shares them between calls, so a
+/// scope also remembers where the in-process backend keeps its buckets: found once, not
+/// looked up by key on every admission and settlement.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scope {
     /// What it is.
@@ -97,9 +103,29 @@ pub struct Scope {
     pub rates: Rates,
     /// Millionths of each bucket this call must leave free (org pool, lower priority classes).
     pub keep_free_ppm: u32,
+    /// The in-process backend's buckets of this scope, once it has looked them up.
+    pub(crate) local: LocalSlot,
 }
 
 impl Scope {
+    /// A scope (with no buckets found yet).
+    pub fn new(
+        kind: ScopeKind,
+        key: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        rates: Rates,
+        keep_free_ppm: u32,
+    ) -> Scope {
+        Scope {
+            kind,
+            key: key.into(),
+            name: name.into(),
+            rates,
+            keep_free_ppm,
+            local: LocalSlot::default(),
+        }
+    }
+
     /// The key of a tenant's scope.
     pub fn tenant_key(tenant: &str) -> String {
         format!("t:{tenant}")
@@ -155,8 +181,9 @@ pub struct BudgetCheck {
 pub struct AdmitRequest {
     /// The tenant (budgets are per tenant).
     pub tenant: Arc<str>,
-    /// Scopes, tenant ones first, then the org pool.
-    pub scopes: Vec<Scope>,
+    /// Scopes, tenant ones first, then the org pool (shared: the limiter builds each tenant's
+    /// list per model class once per config snapshot).
+    pub scopes: Arc<[Scope]>,
     /// What the call is charged now.
     pub demand: Demand,
     /// Spend budget check, if the tenant has one.
@@ -191,6 +218,28 @@ pub enum Denial {
         /// Already spent or reserved (micro-dollars).
         spent_micros: u64,
     },
+}
+
+impl Denial {
+    /// The same denial, naming scope `f(i)` where it named scope `i`.
+    pub(crate) fn for_scope(self, f: impl Fn(usize) -> usize) -> Denial {
+        match self {
+            Denial::Wait {
+                scope,
+                dimension,
+                retry_after_us,
+            } => Denial::Wait {
+                scope: f(scope),
+                dimension,
+                retry_after_us,
+            },
+            Denial::NeverFits { scope, dimension } => Denial::NeverFits {
+                scope: f(scope),
+                dimension,
+            },
+            d @ Denial::Budget { .. } => d,
+        }
+    }
 }
 
 impl From<crate::Refusal> for Denial {
@@ -263,13 +312,17 @@ impl ScopeView {
     }
 }
 
+/// Each scope's view, in request order (at most three scopes in any admission the limiter
+/// makes, so no allocation).
+pub type Views = SmallVec<[ScopeView; 3]>;
+
 /// A backend's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
     /// Admitted, or why not.
     pub result: Result<(), Denial>,
     /// Each scope's buckets, in request order (only tenant scopes are ever shown to clients).
-    pub views: Vec<ScopeView>,
+    pub views: Views,
 }
 
 /// What a backend needs to settle an admitted call.

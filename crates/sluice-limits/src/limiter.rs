@@ -54,6 +54,9 @@ struct TenantPolicy {
     max_wait: Duration,
     daily_micros: Option<u64>,
     monthly_micros: Option<u64>,
+    /// The scopes of a call, per model class (indexed as [`Policy::class_index`]), built
+    /// once per snapshot: a call shares its list instead of assembling one.
+    plans: Vec<Arc<[Scope]>>,
 }
 
 /// Everything derived from one config snapshot.
@@ -62,8 +65,9 @@ pub struct Policy {
     class_names: Vec<Arc<str>>,
     other: Arc<str>,
     org: HashMap<Arc<str>, Scope>,
-    keep_free: sluice_config::KeepFree,
     tenants: HashMap<String, TenantPolicy>,
+    /// The scopes of a tenant the config does not name, per model class (the org pool).
+    default_plans: Vec<Arc<[Scope]>>,
     prices: Arc<PriceTable>,
     cache_ttl_us: u64,
     /// Classes whose upstream limits count cache reads as input (older models).
@@ -139,13 +143,13 @@ impl Policy {
             .into_iter()
             .filter(|(_, s)| !s.is_empty())
             .map(|(c, s)| {
-                let scope = Scope {
-                    kind: ScopeKind::Org,
-                    key: Arc::from(Scope::org_key(&c)),
-                    name: c.clone(),
-                    rates: Rates::from_set(&s),
-                    keep_free_ppm: 0,
-                };
+                let scope = Scope::new(
+                    ScopeKind::Org,
+                    Scope::org_key(&c),
+                    c.clone(),
+                    Rates::from_set(&s),
+                    0,
+                );
                 (c, scope)
             })
             .collect();
@@ -153,12 +157,14 @@ impl Policy {
         let mut tenants = HashMap::new();
         for t in &cfg.tenants {
             let name: Arc<str> = Arc::from(&*t.name);
-            let wide = (!t.limits.is_empty()).then(|| Scope {
-                kind: ScopeKind::Tenant,
-                key: Arc::from(Scope::tenant_key(&t.name)),
-                name: name.clone(),
-                rates: Rates::from_set(&t.limits),
-                keep_free_ppm: 0,
+            let wide = (!t.limits.is_empty()).then(|| {
+                Scope::new(
+                    ScopeKind::Tenant,
+                    Scope::tenant_key(&t.name),
+                    name.clone(),
+                    Rates::from_set(&t.limits),
+                    0,
+                )
             });
             let mut by_class = HashMap::new();
             for (class, set) in &t.class_limits {
@@ -168,28 +174,29 @@ impl Policy {
                 }
                 by_class.insert(
                     c.clone(),
-                    Scope {
-                        kind: ScopeKind::TenantClass,
-                        key: Arc::from(Scope::tenant_class_key(&t.name, &c)),
-                        name: name.clone(),
-                        rates: Rates::from_set(set),
-                        keep_free_ppm: 0,
-                    },
+                    Scope::new(
+                        ScopeKind::TenantClass,
+                        Scope::tenant_class_key(&t.name, &c),
+                        name.clone(),
+                        Rates::from_set(set),
+                        0,
+                    ),
                 );
             }
-            tenants.insert(
-                t.name.clone(),
-                TenantPolicy {
-                    wide,
-                    by_class,
-                    priority: t.priority,
-                    weight: t.weight.max(1),
-                    max_wait: Duration::from_millis(t.max_wait_ms),
-                    daily_micros: t.budget_daily_usd.map(usd_to_micros),
-                    monthly_micros: t.budget_monthly_usd.map(usd_to_micros),
-                },
-            );
+            let mut tp = TenantPolicy {
+                wide,
+                by_class,
+                priority: t.priority,
+                weight: t.weight.max(1),
+                max_wait: Duration::from_millis(t.max_wait_ms),
+                daily_micros: t.budget_daily_usd.map(usd_to_micros),
+                monthly_micros: t.budget_monthly_usd.map(usd_to_micros),
+                plans: Vec::new(),
+            };
+            tp.plans = plans(&class_names, &other, &org, &cfg.org.keep_free, Some(&tp));
+            tenants.insert(t.name.clone(), tp);
         }
+        let default_plans = plans(&class_names, &other, &org, &cfg.org.keep_free, None);
         let prices = PriceTable::builtin()
             .with_overrides(&cfg.prices)
             .map_err(|e| LimitsError::Invalid(e.to_string()))?;
@@ -203,8 +210,8 @@ impl Policy {
             class_names,
             other,
             org,
-            keep_free: cfg.org.keep_free,
             tenants,
+            default_plans,
             prices: Arc::new(prices),
             cache_ttl_us: cfg.limits.cache_ttl_secs.saturating_mul(1_000_000),
             cache_reads_count,
@@ -223,13 +230,18 @@ impl Policy {
             .collect();
     }
 
-    /// The class of `model` and, when the policy has them, its fair queue.
-    fn class_and_queue(&self, model: &str) -> (&Arc<str>, Option<&Arc<FairQueue>>) {
-        let i = self
-            .classes
+    /// The index of the class of `model`: its position among the configured classes (first
+    /// match), or their count for `other`.
+    fn class_index(&self, model: &str) -> usize {
+        self.classes
             .iter()
             .position(|c| c.matches(model))
-            .unwrap_or(self.class_names.len());
+            .unwrap_or(self.class_names.len())
+    }
+
+    /// The class of `model` and, when the policy has them, its fair queue.
+    fn class_and_queue(&self, model: &str) -> (&Arc<str>, Option<&Arc<FairQueue>>) {
+        let i = self.class_index(model);
         let class = self.class_names.get(i).unwrap_or(&self.other);
         (class, self.queues.get(i))
     }
@@ -243,6 +255,36 @@ impl Policy {
     pub fn prices(&self) -> &Arc<PriceTable> {
         &self.prices
     }
+}
+
+/// The scopes of a call of each class (configured classes, then `other`): the tenant's own
+/// (when `tp` is a configured tenant), then the class's org pool with the share the tenant's
+/// priority must leave free.
+fn plans(
+    class_names: &[Arc<str>],
+    other: &Arc<str>,
+    org: &HashMap<Arc<str>, Scope>,
+    keep_free: &sluice_config::KeepFree,
+    tp: Option<&TenantPolicy>,
+) -> Vec<Arc<[Scope]>> {
+    let priority = tp.map_or(Priority::Standard, |t| t.priority);
+    class_names
+        .iter()
+        .chain(std::iter::once(other))
+        .map(|class| {
+            let mut scopes = Vec::with_capacity(3);
+            if let Some(tp) = tp {
+                scopes.extend(tp.wide.iter().cloned());
+                scopes.extend(tp.by_class.get(class).cloned());
+            }
+            if let Some(o) = org.get(class) {
+                let mut o = o.clone();
+                o.keep_free_ppm = ppm(keep_free.for_priority(priority));
+                scopes.push(o);
+            }
+            Arc::from(scopes)
+        })
+        .collect()
 }
 
 struct PolicyCache {
@@ -795,27 +837,19 @@ impl Limiter {
     /// limits.
     fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {
         let policy = self.policy(cfg);
-        let (class, queue) = policy.class_and_queue(call.model);
-        let (class, queue) = (class.clone(), queue.cloned());
+        let ci = policy.class_index(call.model);
+        let class = policy.class_names.get(ci).unwrap_or(&policy.other).clone();
+        let queue = policy.queues.get(ci).cloned();
         let model: Arc<str> = Arc::from(call.model);
         let now = self.now_us();
 
         let tp = policy.tenants.get(&**call.tenant);
-        let mut scopes = Vec::with_capacity(3);
-        if let Some(tp) = tp {
-            if let Some(w) = &tp.wide {
-                scopes.push(w.clone());
-            }
-            if let Some(c) = tp.by_class.get(&class) {
-                scopes.push(c.clone());
-            }
-        }
+        let scopes = tp
+            .map_or(&policy.default_plans, |t| &t.plans)
+            .get(ci)
+            .cloned()
+            .unwrap_or_default();
         let priority = tp.map_or(Priority::Standard, |t| t.priority);
-        if let Some(o) = policy.org.get(&class) {
-            let mut o = o.clone();
-            o.keep_free_ppm = ppm(policy.keep_free.for_priority(priority));
-            scopes.push(o);
-        }
         let has_budget = tp.is_some_and(|t| t.daily_micros.is_some() || t.monthly_micros.is_some());
         if scopes.is_empty() && !has_budget {
             // Nothing limits this call: no estimate is needed (an unlimited tenant's calls cost

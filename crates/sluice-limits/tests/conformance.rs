@@ -189,33 +189,27 @@ fn rates(requests: Option<u64>, input: Option<u64>, output: Option<u64>) -> Rate
 }
 
 fn tenant(t: &str, r: Rates) -> Scope {
-    Scope {
-        kind: ScopeKind::Tenant,
-        key: Scope::tenant_key(t).into(),
-        name: t.into(),
-        rates: r,
-        keep_free_ppm: 0,
-    }
+    Scope::new(ScopeKind::Tenant, Scope::tenant_key(t), t, r, 0)
 }
 
 fn tenant_class(t: &str, class: &str, r: Rates) -> Scope {
-    Scope {
-        kind: ScopeKind::TenantClass,
-        key: Scope::tenant_class_key(t, class).into(),
-        name: t.into(),
-        rates: r,
-        keep_free_ppm: 0,
-    }
+    Scope::new(
+        ScopeKind::TenantClass,
+        Scope::tenant_class_key(t, class),
+        t,
+        r,
+        0,
+    )
 }
 
 fn org(class: &str, r: Rates, keep_free_ppm: u32) -> Scope {
-    Scope {
-        kind: ScopeKind::Org,
-        key: Scope::org_key(class).into(),
-        name: class.into(),
-        rates: r,
+    Scope::new(
+        ScopeKind::Org,
+        Scope::org_key(class),
+        class,
+        r,
         keep_free_ppm,
-    }
+    )
 }
 
 fn demand(requests: u64, input_tokens: u64, output_tokens: u64) -> Demand {
@@ -229,7 +223,7 @@ fn demand(requests: u64, input_tokens: u64, output_tokens: u64) -> Demand {
 fn req(t: &str, scopes: Vec<Scope>, d: Demand) -> AdmitRequest {
     AdmitRequest {
         tenant: t.into(),
-        scopes,
+        scopes: scopes.into(),
         demand: d,
         budget: None,
     }

@@ -142,11 +142,11 @@ async fn wait_up(b: &RedisBackend, within: Duration) -> Duration {
 fn request(tenant: &str, rpm: u64, burst: u64) -> AdmitRequest {
     AdmitRequest {
         tenant: tenant.into(),
-        scopes: vec![Scope {
-            kind: ScopeKind::Tenant,
-            key: Scope::tenant_key(tenant).into(),
-            name: tenant.into(),
-            rates: Rates {
+        scopes: Arc::from([Scope::new(
+            ScopeKind::Tenant,
+            Scope::tenant_key(tenant),
+            tenant,
+            Rates {
                 requests: Some(Rate {
                     per_minute: rpm,
                     burst,
@@ -154,8 +154,8 @@ fn request(tenant: &str, rpm: u64, burst: u64) -> AdmitRequest {
                 input_tokens: Some(Rate::per_minute(1_000_000)),
                 output_tokens: None,
             },
-            keep_free_ppm: 0,
-        }],
+            0,
+        )]),
         demand: Demand {
             requests: 1,
             input_tokens: 10,

@@ -6,6 +6,8 @@
 use super::hash::{combine, hash_bytes};
 use super::media::{self, B64, ImageLimits};
 use super::text::{Classifier, string_end_escaped};
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 
 /// Deepest JSON nesting walked before the body is treated as malformed (bounds recursion).
 const MAX_DEPTH: u32 = 128;
@@ -117,7 +119,8 @@ impl InputEstimate {
 pub fn estimate_input(body: &[u8]) -> InputEstimate {
     // A block can only carry a breakpoint if the key is in the body (a key spelled with
     // escapes is not the key the upstream reads either).
-    walk(body, memchr::memmem::find(body, b"cache_control").is_some())
+    static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"cache_control"));
+    walk(body, KEY.find(body).is_some())
 }
 
 /// [`estimate_input`], with prefix tracking chosen by the caller.

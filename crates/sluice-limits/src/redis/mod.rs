@@ -50,7 +50,7 @@
 
 use crate::backend::{
     AdmitRequest, BackendError, BucketView, Denial, Outcome, Period, Rates, Scope, ScopeKind,
-    ScopeView, Settlement,
+    ScopeView, Settlement, Views,
 };
 use crate::local::LocalBackend;
 use crate::{Dimension, Rate};
@@ -367,7 +367,7 @@ impl RedisBackend {
             FailMode::Open => Ok(Admitted {
                 outcome: Outcome {
                     result: Ok(()),
-                    views: vec![ScopeView::default(); req.scopes.len()],
+                    views: Views::from_elem(ScopeView::default(), req.scopes.len()),
                 },
                 via: Via::Open,
             }),
@@ -382,7 +382,7 @@ impl RedisBackend {
     ) -> Result<Outcome, CallError> {
         let sh = &self.shared;
         let mut inv = sh.scripts.admit.prepare_invoke();
-        for s in &req.scopes {
+        for s in req.scopes.iter() {
             inv.key(self.scope_key(&req.tenant, s));
         }
         if let Some(b) = req.budget {
@@ -404,7 +404,7 @@ impl RedisBackend {
                 .arg(MONTH_TTL_MS),
             None => inv.arg(0).arg(0).arg(-1).arg(-1).arg(0).arg(0),
         };
-        for s in &req.scopes {
+        for s in req.scopes.iter() {
             inv.arg(s.keep_free_ppm.min(1_000_000));
             push_rates(&mut inv, &s.rates);
         }
@@ -901,7 +901,7 @@ fn add_job(sh: &Shared, pipe: &mut ::redis::Pipeline, j: &Job) {
             pipe.cmd("EVALSHA")
                 .arg(sh.scripts.settle.get_hash())
                 .arg(keys);
-            for sc in &req.scopes {
+            for sc in req.scopes.iter() {
                 pipe.arg(scope_key(prefix, &req.tenant, sc));
             }
             if let Some(b) = req.budget {
@@ -921,7 +921,7 @@ fn add_job(sh: &Shared, pipe: &mut ::redis::Pipeline, j: &Job) {
                     .arg(micros(s.actual_cost_micros)),
                 None => pipe.arg(0).arg(0).arg(0),
             };
-            for sc in &req.scopes {
+            for sc in req.scopes.iter() {
                 for d in Dimension::ALL {
                     push_rate(pipe, sc.rates.get(d));
                 }
@@ -1172,9 +1172,15 @@ fn scale_rates(r: &Rates, share: f64) -> Rates {
 
 fn scale_request(req: &AdmitRequest, share: f64) -> AdmitRequest {
     let mut r = req.clone();
-    for s in &mut r.scopes {
-        s.rates = scale_rates(&s.rates, share);
-    }
+    r.scopes = req
+        .scopes
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            s.rates = scale_rates(&s.rates, share);
+            s
+        })
+        .collect();
     r
 }
 
@@ -1184,13 +1190,7 @@ mod tests {
     use super::*;
 
     fn scope(kind: ScopeKind, key: &str) -> Scope {
-        Scope {
-            kind,
-            key: Arc::from(key),
-            name: Arc::from("x"),
-            rates: Rates::default(),
-            keep_free_ppm: 0,
-        }
+        Scope::new(kind, key, "x", Rates::default(), 0)
     }
 
     #[test]
