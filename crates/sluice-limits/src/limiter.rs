@@ -380,6 +380,7 @@ impl Waiting {
         permit.via = via;
         permit.view = view;
         permit.waited = waited;
+        permit.queue = Some(self.queue);
         permit
     }
 }
@@ -934,7 +935,8 @@ impl Limiter {
             policy,
             waited: Duration::ZERO,
             cache_reads_count,
-            queue: Some(queue.clone()),
+            // Given at admission (a refused call never needs it).
+            queue: None,
         };
         Prepared::Limited(Waiting {
             permit,

@@ -195,7 +195,22 @@ impl OutputEstimator {
 
 /// The nearest-rank percentile of `v` (not empty).
 fn percentile(v: &[u32], pct: u8) -> u64 {
-    let mut s = v.to_vec();
+    // On the stack for windows up to this size (the default is 256): no allocation per
+    // recompute.
+    const STACK: usize = 512;
+    let mut buf = [0u32; STACK];
+    let mut heap = Vec::new();
+    let s: &mut [u32] = if v.len() <= STACK {
+        let s = &mut buf[..v.len()];
+        s.copy_from_slice(v);
+        s
+    } else {
+        heap.extend_from_slice(v);
+        &mut heap
+    };
+    if s.is_empty() {
+        return 0;
+    }
     let rank = (s.len() * usize::from(pct)).div_ceil(100).clamp(1, s.len());
     let (_, x, _) = s.select_nth_unstable(rank - 1);
     u64::from(*x)
