@@ -72,12 +72,23 @@ pub struct Policy {
     cache_ttl_us: u64,
     /// Classes whose upstream limits count cache reads as input (older models).
     cache_reads_count: Vec<Arc<str>>,
-    /// When each org pool last took the upstream's word (µs on the limiter's clock).
-    observed: HashMap<Arc<str>, AtomicU64>,
+    /// When each class's org pool last took the upstream's word (µs on the limiter's
+    /// clock), indexed as [`Policy::class_index`].
+    observed: Vec<AtomicU64>,
     /// The fair queue of each entry of `class_names`, then of `other`: the limiter's queues
     /// (which outlive any one policy), looked up once per snapshot instead of once per call.
     queues: Vec<Arc<FairQueue>>,
+    /// Models seen under this policy: their class index and their name as a shared string
+    /// (see [`Policy::model_info`]).
+    models: Mutex<HashMap<Box<str>, ModelInfo>>,
 }
+
+/// A model's class index and its name as a shared string.
+type ModelInfo = (usize, Arc<str>);
+
+/// Most models [`Policy::model_info`] remembers (a client sending ever new names gets them
+/// matched per call instead of growing the map).
+const MODELS_REMEMBERED: usize = 1024;
 
 impl Policy {
     /// Derive the policy of `cfg`.
@@ -200,10 +211,7 @@ impl Policy {
         let prices = PriceTable::builtin()
             .with_overrides(&cfg.prices)
             .map_err(|e| LimitsError::Invalid(e.to_string()))?;
-        let observed = org
-            .keys()
-            .map(|c: &Arc<str>| (c.clone(), AtomicU64::new(0)))
-            .collect();
+        let observed = (0..=class_names.len()).map(|_| AtomicU64::new(0)).collect();
         Ok(Policy {
             observed,
             classes,
@@ -216,6 +224,7 @@ impl Policy {
             cache_ttl_us: cfg.limits.cache_ttl_secs.saturating_mul(1_000_000),
             cache_reads_count,
             queues: Vec::new(),
+            models: Mutex::new(HashMap::new()),
         })
     }
 
@@ -237,6 +246,23 @@ impl Policy {
             .iter()
             .position(|c| c.matches(model))
             .unwrap_or(self.class_names.len())
+    }
+
+    /// The class index of `model` and its name as a shared string, remembered: matching a
+    /// model against every class's patterns (strings scattered over the heap) and copying its
+    /// name showed in the profile of every limited call, and a service uses a handful of
+    /// models.
+    fn model_info(&self, model: &str) -> (usize, Arc<str>) {
+        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((i, name)) = m.get(model) {
+            return (*i, name.clone());
+        }
+        let i = self.class_index(model);
+        let name: Arc<str> = Arc::from(model);
+        if m.len() < MODELS_REMEMBERED {
+            m.insert(Box::from(model), (i, name.clone()));
+        }
+        (i, name)
     }
 
     /// The class of `model` and, when the policy has them, its fair queue.
@@ -513,6 +539,8 @@ pub struct Permit {
     view: TenantView,
     model: Arc<str>,
     class: Arc<str>,
+    /// `class`'s index in the policy.
+    class_index: usize,
     raw_input_estimate: u64,
     /// The call's cache breakpoints (hashes of cacheable prefixes of at least the minimum size).
     breakpoints: Vec<u64>,
@@ -553,6 +581,27 @@ impl Permit {
     /// The model class.
     pub fn class(&self) -> &Arc<str> {
         &self.class
+    }
+
+    /// The upstream's reply reported what remains of the organisation's limits (`remaining`
+    /// reads it, only when wanted): never believe the org pool of this call's class has more
+    /// room than that. Sampled: at most one observation per class per [`OBSERVE_EVERY_US`],
+    /// because every reply carries these headers and the pool only needs correcting when it
+    /// drifts, not a write to the backend per call. The permit knows its pool, so this costs
+    /// a call no lookup.
+    pub fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
+        &self,
+        remaining: impl FnOnce() -> I,
+    ) {
+        let (Some(limiter), Some(req)) = (&self.limiter, &self.request) else {
+            return;
+        };
+        let Some(scope) = req.scopes.last().filter(|s| s.kind == ScopeKind::Org) else {
+            return;
+        };
+        if let Some(last) = self.policy.observed.get(self.class_index) {
+            limiter.observe_upstream(scope, last, remaining);
+        }
     }
 
     /// Settle to what the upstream reported, learn from it, and return the call's cost in
@@ -760,21 +809,16 @@ impl Limiter {
         }
     }
 
-    /// The upstream reported what remains of the org pool of `class` (the permit's, so the
-    /// model is not classified twice per call), per dimension:
-    /// never believe there is more room than that. Sampled: at most one observation per class
+    /// The upstream reported what remains of the org pool `scope`, which `last` says when
+    /// was last corrected, per dimension: never believe there is more room than that. Sampled: at most one observation per class
     /// per [`OBSERVE_EVERY_US`], because every reply carries these headers and the pool only
     /// needs correcting when it drifts, not a write to the backend per call.
-    pub fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
+    fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
         &self,
-        cfg: &Arc<Config>,
-        class: &Arc<str>,
+        scope: &Scope,
+        last: &AtomicU64,
         remaining: impl FnOnce() -> I,
     ) {
-        let policy = self.policy(cfg);
-        let (Some(scope), Some(last)) = (policy.org.get(class), policy.observed.get(class)) else {
-            return;
-        };
         let now = self.now_us();
         let prev = last.load(Ordering::Relaxed);
         if prev != 0 && now.saturating_sub(prev) < OBSERVE_EVERY_US {
@@ -838,10 +882,9 @@ impl Limiter {
     /// limits.
     fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {
         let policy = self.policy(cfg);
-        let ci = policy.class_index(call.model);
+        let (ci, model) = policy.model_info(call.model);
         let class = policy.class_names.get(ci).unwrap_or(&policy.other).clone();
         let queue = policy.queues.get(ci).cloned();
-        let model: Arc<str> = Arc::from(call.model);
         let now = self.now_us();
 
         let tp = policy.tenants.get(&**call.tenant);
@@ -863,6 +906,7 @@ impl Limiter {
                 view: TenantView::default(),
                 model,
                 class,
+                class_index: ci,
                 raw_input_estimate: 0,
                 breakpoints: Vec::new(),
                 policy,
@@ -925,6 +969,7 @@ impl Limiter {
             view: TenantView::default(),
             model,
             class,
+            class_index: ci,
             raw_input_estimate: est.total,
             breakpoints: est
                 .breakpoints()
@@ -1330,4 +1375,33 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn remembered_models_keep_their_class_and_the_memo_stays_bounded() {
+        let cfg = Config::from_toml("").unwrap();
+        let p = Policy::build(&cfg).unwrap();
+        let (i, a) = p.model_info("claude-sonnet-4-5");
+        let (j, b) = p.model_info("claude-sonnet-4-5");
+        assert_eq!((i, &*a), (j, "claude-sonnet-4-5"));
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second call shares the first's name"
+        );
+        assert_eq!(p.class_names.get(i), Some(p.class_of("claude-sonnet-4-5")));
+        for n in 0..MODELS_REMEMBERED + 50 {
+            for model in [format!("claude-opus-4-{n}"), format!("x-{n}")] {
+                let (k, name) = p.model_info(&model);
+                assert_eq!(k, p.class_index(&model), "{model}");
+                assert_eq!(&*name, model);
+            }
+        }
+        assert_eq!(p.models.lock().unwrap().len(), MODELS_REMEMBERED);
+        assert_eq!(p.model_info("claude-sonnet-4-5").0, i);
+    }
 }

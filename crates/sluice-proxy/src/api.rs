@@ -587,7 +587,6 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     // Token counting is free upstream and limited separately there; only Messages calls are
     // charged to buckets and budgets.
     let mut view = None;
-    let mut class = None;
     if endpoint == "messages" {
         let info = CallInfo {
             tenant: &call.tenant,
@@ -605,7 +604,6 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
                 .map_err(GatewayError::Limited)
         );
         view = Some(*permit.view());
-        class = Some(permit.class().clone());
         call.rec.set_permit(permit);
     }
     let kind = if endpoint == "messages" {
@@ -618,12 +616,10 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         call.forward(&s, &mut parts, bytes, kind, Some(&info)).await
     );
     // Only the Anthropic API's own headers, for the model asked for, describe the org pool.
-    if let Some(class) = &class
-        && call.served == Some((Provider::Anthropic, 0))
+    if call.served == Some((Provider::Anthropic, 0))
+        && let Some(p) = call.rec.permit()
     {
-        s.limiter().observe_upstream(&call.cfg, class, || {
-            headers::upstream_remaining(resp.headers())
-        });
+        p.observe_upstream(|| headers::upstream_remaining(resp.headers()));
     }
     let status = resp.status();
     if status.is_success() && is_event_stream(resp.headers()) {

@@ -74,6 +74,11 @@ impl CallRecorder {
         self.permit = Some(p);
     }
 
+    /// The limiter's permit, while the call holds one.
+    pub fn permit(&self) -> Option<&Permit> {
+        self.permit.as_ref()
+    }
+
     /// The first byte of the upstream's response arrived now (first call wins).
     pub fn mark_first_byte(&mut self) {
         if self.ttfb.is_none() {
