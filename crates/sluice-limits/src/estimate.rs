@@ -17,7 +17,7 @@ mod output;
 mod scan;
 mod text;
 
-pub use correction::{Correction, CorrectionConfig};
-pub use output::{OutputConfig, OutputEstimator};
+pub use correction::{Correction, CorrectionConfig, CorrectionSlot};
+pub use output::{OutputConfig, OutputEstimator, OutputSlot};
 pub use scan::{InputEstimate, Prefix, estimate_input};
 pub use text::TextProfile;

@@ -12,7 +12,7 @@ use crate::backend::{
     AdmitRequest, BackendError, BucketView, BudgetCheck, Denial, Outcome, Period, Rates, Scope,
     ScopeKind, ScopeView, Settlement,
 };
-use crate::estimate::{Correction, OutputEstimator, estimate_input};
+use crate::estimate::{Correction, CorrectionSlot, OutputEstimator, OutputSlot, estimate_input};
 use crate::local::LocalBackend;
 use crate::presets::Presets;
 use crate::pricing::PriceTable;
@@ -541,6 +541,8 @@ pub struct Permit {
     class: Arc<str>,
     /// `class`'s index in the policy.
     class_index: usize,
+    /// Where settlement learns (a limited call's).
+    learn: Option<Learn>,
     raw_input_estimate: u64,
     /// The call's cache breakpoints (hashes of cacheable prefixes of at least the minimum size).
     breakpoints: Vec<u64>,
@@ -551,6 +553,13 @@ pub struct Permit {
     /// The class's fair queue, woken at settlement (kept from admission: one map lookup and
     /// lock fewer per call).
     queue: Option<Arc<FairQueue>>,
+}
+
+/// The estimators' slots a call reserved with, so that its settlement learns without finding
+/// them again.
+struct Learn {
+    correction: Option<Arc<CorrectionSlot>>,
+    outputs: Arc<OutputSlot>,
 }
 
 impl std::fmt::Debug for Permit {
@@ -614,17 +623,15 @@ impl Permit {
         };
         let inner = &limiter.0;
         let now = limiter.now_us();
-        if usage.total_input() > 0 && self.raw_input_estimate > 0 {
-            inner
-                .correction
-                .observe(&self.model, self.raw_input_estimate, usage.total_input());
-        }
-        if usage.output_tokens > 0
-            && let Some(r) = &self.request
-        {
-            inner
-                .outputs
-                .observe(&r.tenant, &self.model, usage.output_tokens);
+        if let Some(l) = &self.learn {
+            if let Some(c) = &l.correction {
+                inner
+                    .correction
+                    .learn(c, self.raw_input_estimate, usage.total_input());
+            }
+            if usage.output_tokens > 0 {
+                inner.outputs.learn(&l.outputs, usage.output_tokens);
+            }
         }
         if usage.cache_creation_input_tokens + usage.cache_read_input_tokens > 0 {
             for h in &self.breakpoints {
@@ -907,6 +914,7 @@ impl Limiter {
                 model,
                 class,
                 class_index: ci,
+                learn: None,
                 raw_input_estimate: 0,
                 breakpoints: Vec::new(),
                 policy,
@@ -916,7 +924,10 @@ impl Limiter {
             });
         }
         let est = estimate_input(call.body);
-        let corrected = self.0.correction.apply(call.model, est.total);
+        let correction = self.0.correction.slot(&model);
+        let corrected = correction
+            .as_ref()
+            .map_or(est.total, |c| c.apply(est.total));
         let cache_reads_count = policy.cache_reads_count.contains(&class);
         // Cache reads are free: predict them. The longest prefix (a breakpoint of this call,
         // or a block boundary just before its last one, where the upstream looks for earlier
@@ -939,10 +950,8 @@ impl Limiter {
         )
         .unwrap_or(u64::MAX);
         let input = corrected.saturating_sub(cached).max(1);
-        let output = self
-            .0
-            .outputs
-            .estimate(call.tenant, call.model, call.max_tokens);
+        let outputs = self.0.outputs.slot(call.tenant, &model);
+        let output = outputs.reserve(call.max_tokens);
 
         let budget = tp.and_then(|t| {
             (t.daily_micros.is_some() || t.monthly_micros.is_some()).then(|| {
@@ -970,6 +979,10 @@ impl Limiter {
             model,
             class,
             class_index: ci,
+            learn: Some(Learn {
+                correction,
+                outputs,
+            }),
             raw_input_estimate: est.total,
             breakpoints: est
                 .breakpoints()

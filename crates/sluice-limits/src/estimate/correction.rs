@@ -1,7 +1,8 @@
 //! A per-model multiplier learned from the upstream's reported usage.
 
 use foldhash::{HashMap, HashMapExt as _};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// How the correction learns.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,11 +46,33 @@ struct State {
     factor: f64,
 }
 
+/// One model's learned correction. A call's permit keeps the slot its estimate was corrected
+/// with, so settlement learns without looking the model up again.
+#[derive(Debug)]
+pub struct CorrectionSlot {
+    state: Mutex<State>,
+    /// The factor in force (`f64` bits; 1.0 until warmed up), read without the lock.
+    factor: AtomicU64,
+}
+
+impl CorrectionSlot {
+    /// The multiplier in force.
+    pub fn factor(&self) -> f64 {
+        f64::from_bits(self.factor.load(Ordering::Relaxed))
+    }
+
+    /// `raw` corrected by this model's factor, rounded.
+    pub fn apply(&self, raw: u64) -> u64 {
+        // Saturating float-to-int conversion; estimates are far below 2^53.
+        (raw as f64 * self.factor()).round() as u64
+    }
+}
+
 /// The learned corrections of every model. Thread-safe; each call takes one short lock.
 #[derive(Debug)]
 pub struct Correction {
     cfg: CorrectionConfig,
-    models: Mutex<HashMap<Box<str>, State>>,
+    models: Mutex<HashMap<Box<str>, Arc<CorrectionSlot>>>,
 }
 
 impl Default for Correction {
@@ -72,6 +95,25 @@ impl Correction {
         }
     }
 
+    /// The slot of `model`, made (factor 1.0) on its first call; `None` once
+    /// [`CorrectionConfig::max_models`] other models are known (those calls go uncorrected).
+    pub fn slot(&self, model: &str) -> Option<Arc<CorrectionSlot>> {
+        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = m.get(model) {
+            return Some(s.clone());
+        }
+        if m.len() >= self.cfg.max_models {
+            return None;
+        }
+        // The only allocation: a model's first call.
+        let s = Arc::new(CorrectionSlot {
+            state: Mutex::new(State::default()),
+            factor: AtomicU64::new(1.0f64.to_bits()),
+        });
+        m.insert(Box::from(model), s.clone());
+        Some(s)
+    }
+
     /// Learn from one call: `estimated` is the raw [`crate::estimate::InputEstimate::total`]
     /// and `actual` the upstream's `input_tokens + cache_creation_input_tokens +
     /// cache_read_input_tokens`. Calls where either is 0 carry no information and are skipped.
@@ -79,19 +121,21 @@ impl Correction {
         if estimated == 0 || actual == 0 {
             return;
         }
+        if let Some(s) = self.slot(model) {
+            self.learn(&s, estimated, actual);
+        }
+    }
+
+    /// [`Correction::observe`], into the slot the call was corrected with.
+    pub fn learn(&self, slot: &CorrectionSlot, estimated: u64, actual: u64) {
+        if estimated == 0 || actual == 0 {
+            return;
+        }
         // The ratio of two positive u64 is finite; clamping keeps a single absurd pair from
         // poisoning the warm-up mean.
         let r = (actual as f64 / estimated as f64).ln().clamp(-3.0, 3.0);
         let c = &self.cfg;
-        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if !m.contains_key(model) {
-            if m.len() >= c.max_models {
-                return;
-            }
-            // The only allocation: a model's first observation.
-            m.insert(Box::from(model), State::default());
-        }
-        let Some(s) = m.get_mut(model) else { return };
+        let mut s = slot.state.lock().unwrap_or_else(PoisonError::into_inner);
         s.seen = s.seen.saturating_add(1);
         if s.seen <= c.warmup {
             // A plain running mean while warming up, so the first value is not over-weighted.
@@ -104,19 +148,16 @@ impl Correction {
         } else {
             1.0
         };
+        slot.factor.store(s.factor.to_bits(), Ordering::Relaxed);
     }
 
-    /// The factor applied to `model`'s estimates now (1 until it has warmed up).
+    /// The multiplier currently applied to `model`'s raw estimates (1.0 until warmed up).
     pub fn factor(&self, model: &str) -> f64 {
-        let c = &self.cfg;
         let m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        match m.get(model) {
-            Some(s) if s.seen >= c.warmup => s.factor,
-            _ => 1.0,
-        }
+        m.get(model).map_or(1.0, |s| s.factor())
     }
 
-    /// `raw` corrected for `model`.
+    /// `raw` corrected for `model`, rounded.
     pub fn apply(&self, model: &str, raw: u64) -> u64 {
         // Saturating float-to-int conversion; estimates are far below 2^53.
         (raw as f64 * self.factor(model)).round() as u64
@@ -152,6 +193,19 @@ mod tests {
         assert!((f - 1.6).abs() < 0.08, "factor {f}");
         assert!((c.factor("fair") - 1.0).abs() < 1e-9);
         assert_eq!(c.factor("unseen"), 1.0);
+    }
+
+    #[test]
+    fn a_kept_slot_learns_what_a_lookup_sees() {
+        let c = Correction::new();
+        let s = c.slot("m").unwrap();
+        assert_eq!(s.apply(1000), 1000);
+        for _ in 0..40 {
+            c.learn(&s, 100, 150);
+        }
+        assert!((c.factor("m") - 1.5).abs() < 1e-9, "{}", c.factor("m"));
+        assert_eq!(s.apply(1000), 1500);
+        assert_eq!(c.apply("m", 1000), 1500);
     }
 
     #[test]

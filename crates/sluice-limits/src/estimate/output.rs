@@ -9,7 +9,7 @@
 use foldhash::{HashMap, HashMapExt as _};
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 const SHARDS: usize = 16;
 
@@ -47,23 +47,39 @@ impl Default for OutputConfig {
     }
 }
 
+/// One tenant and model's recent outputs. A call's permit keeps the slot it reserved from, so
+/// settlement learns without looking the pair up again.
 #[derive(Debug)]
-struct Entry {
+pub struct OutputSlot {
     tenant: Box<str>,
     model: Box<str>,
-    ring: Vec<u32>,
+    /// The learned reservation (read without the lock).
+    learned: AtomicU64,
+    /// The estimator's clock at the last observation (least recently used is forgotten).
+    last_used: AtomicU64,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    values: Vec<u32>,
     next: usize,
     seen: u64,
     since_recompute: usize,
-    learned: u64,
-    last_used: u64,
+}
+
+impl OutputSlot {
+    /// Output tokens to reserve: `min(max_tokens, learned)`.
+    pub fn reserve(&self, max_tokens: u64) -> u64 {
+        self.learned.load(Ordering::Relaxed).min(max_tokens)
+    }
 }
 
 /// Per tenant and model learned output reservations. Thread-safe: sharded short locks.
 #[derive(Debug)]
 pub struct OutputEstimator {
     cfg: OutputConfig,
-    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    shards: Vec<Mutex<HashMap<u64, Arc<OutputSlot>>>>,
     clock: AtomicU64,
     /// Keys live only in this process, so the fast seeded hash serves (the prefix hash, which
     /// must agree across replicas and releases, costs several times more on names this short).
@@ -99,15 +115,56 @@ impl OutputEstimator {
         self.hasher.hash_one((tenant, model))
     }
 
-    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Entry>> {
+    fn shard(&self, key: u64) -> &Mutex<HashMap<u64, Arc<OutputSlot>>> {
         // The modulus keeps the index in range; truncation of the key is intended.
         #[allow(clippy::cast_possible_truncation)]
         &self.shards[(key % SHARDS as u64) as usize]
     }
 
+    /// The slot of `tenant` and `model`, made (with the cold default) if they have none. A
+    /// full shard forgets its least recently observed pair to make room (a linear scan of a
+    /// few hundred entries, paid only when a new pair arrives at a full shard).
+    pub fn slot(&self, tenant: &str, model: &str) -> Arc<OutputSlot> {
+        let key = self.key(tenant, model);
+        let cap = self.cfg.max_entries.div_ceil(SHARDS);
+        let mut m = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(s) = m.get(&key)
+            && &*s.tenant == tenant
+            && &*s.model == model
+        {
+            return s.clone();
+        }
+        if !m.contains_key(&key) && m.len() >= cap {
+            let oldest = m
+                .iter()
+                .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| *k);
+            if let Some(old) = oldest {
+                m.remove(&old);
+            }
+        }
+        let s = Arc::new(OutputSlot {
+            tenant: Box::from(tenant),
+            model: Box::from(model),
+            learned: AtomicU64::new(self.cfg.cold_default),
+            last_used: AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed)),
+            ring: Mutex::new(Ring {
+                values: Vec::with_capacity(self.cfg.window.min(64)),
+                next: 0,
+                seen: 0,
+                since_recompute: 0,
+            }),
+        });
+        m.insert(key, s.clone());
+        s
+    }
+
     /// Output tokens to reserve: `min(max_tokens, learned)`, where learned is the configured
     /// percentile of this tenant and model's recent outputs, or `cold_default` without enough
-    /// history.
+    /// history. (The request path uses [`OutputEstimator::slot`] and keeps it.)
     pub fn estimate(&self, tenant: &str, model: &str, max_tokens: u64) -> u64 {
         let key = self.key(tenant, model);
         let m = self
@@ -115,67 +172,46 @@ impl OutputEstimator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let learned = match m.get(&key) {
-            Some(e) if &*e.tenant == tenant && &*e.model == model => e.learned,
+            Some(s) if &*s.tenant == tenant && &*s.model == model => {
+                s.learned.load(Ordering::Relaxed)
+            }
             _ => self.cfg.cold_default,
         };
         learned.min(max_tokens)
     }
 
-    /// Learn one call's `output_tokens`.
+    /// Learn one finished call's `output_tokens` for `tenant` and `model`.
     pub fn observe(&self, tenant: &str, model: &str, output_tokens: u64) {
-        let key = self.key(tenant, model);
-        let now = self.clock.fetch_add(1, Ordering::Relaxed);
-        let cap = self.cfg.max_entries.div_ceil(SHARDS);
-        let mut m = self
-            .shard(key)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let fresh = match m.get(&key) {
-            Some(e) => &*e.tenant != tenant || &*e.model != model,
-            None => true,
-        };
-        if fresh {
-            if !m.contains_key(&key) && m.len() >= cap {
-                // Forget the least recently observed pair of this shard: a linear scan of a few
-                // hundred entries, paid only when a new pair arrives at a full shard.
-                if let Some(old) = m.iter().min_by_key(|(_, e)| e.last_used).map(|(k, _)| *k) {
-                    m.remove(&old);
-                }
-            }
-            m.insert(
-                key,
-                Entry {
-                    tenant: Box::from(tenant),
-                    model: Box::from(model),
-                    ring: Vec::with_capacity(self.cfg.window.min(64)),
-                    next: 0,
-                    seen: 0,
-                    since_recompute: 0,
-                    learned: self.cfg.cold_default,
-                    last_used: now,
-                },
-            );
-        }
-        let Some(e) = m.get_mut(&key) else { return };
+        self.learn(&self.slot(tenant, model), output_tokens);
+    }
+
+    /// Learn one finished call's `output_tokens` into the slot it reserved from.
+    pub fn learn(&self, slot: &OutputSlot, output_tokens: u64) {
+        slot.last_used.store(
+            self.clock.fetch_add(1, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        let mut r = slot.ring.lock().unwrap_or_else(PoisonError::into_inner);
         let v = u32::try_from(output_tokens).unwrap_or(u32::MAX);
-        if e.ring.len() < self.cfg.window {
-            e.ring.push(v);
+        if r.values.len() < self.cfg.window {
+            r.values.push(v);
         } else {
-            e.ring[e.next] = v;
+            let at = r.next;
+            r.values[at] = v;
         }
-        e.next = (e.next + 1) % self.cfg.window;
-        e.seen += 1;
-        e.since_recompute += 1;
-        e.last_used = now;
-        let young = e.ring.len() < self.cfg.recompute_every * 2;
-        if young || e.since_recompute >= self.cfg.recompute_every {
-            e.since_recompute = 0;
-            let p = percentile(&e.ring, self.cfg.percentile);
-            e.learned = if (e.seen as usize) < self.cfg.min_samples {
+        r.next = (r.next + 1) % self.cfg.window;
+        r.seen += 1;
+        r.since_recompute += 1;
+        let young = r.values.len() < self.cfg.recompute_every * 2;
+        if young || r.since_recompute >= self.cfg.recompute_every {
+            r.since_recompute = 0;
+            let p = percentile(&r.values, self.cfg.percentile);
+            let learned = if (r.seen as usize) < self.cfg.min_samples {
                 p.max(self.cfg.cold_default)
             } else {
                 p
             };
+            slot.learned.store(learned, Ordering::Relaxed);
         }
     }
 
@@ -187,7 +223,7 @@ impl OutputEstimator {
             .sum()
     }
 
-    /// Whether nothing has been learned yet.
+    /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -242,6 +278,31 @@ mod tests {
         // Another tenant, another model: untouched.
         assert_eq!(o.estimate("crm", "m", 64_000), 1024);
         assert_eq!(o.estimate("web", "other", 64_000), 1024);
+    }
+
+    #[test]
+    fn a_kept_slot_learns_what_a_lookup_sees() {
+        let o = OutputEstimator::new(95, 256, 1024);
+        let s = o.slot("web", "m");
+        assert_eq!(s.reserve(64_000), 1024);
+        assert!(Arc::ptr_eq(&s, &o.slot("web", "m")), "one slot per pair");
+        for _ in 0..40 {
+            o.learn(&s, 300);
+        }
+        assert_eq!(o.estimate("web", "m", 64_000), 300);
+        assert_eq!(s.reserve(64_000), 300);
+        assert_eq!(s.reserve(100), 100);
+        // A slot forgotten while a call held it: that call's lesson is lost, nothing breaks.
+        let small = OutputEstimator::with_config(OutputConfig {
+            max_entries: 16,
+            ..OutputConfig::default()
+        });
+        let held = small.slot("t-0", "m");
+        for t in 1..200 {
+            small.observe(&format!("t-{t}"), "m", 10);
+        }
+        small.learn(&held, 5);
+        assert!(small.len() <= 16);
     }
 
     #[test]
