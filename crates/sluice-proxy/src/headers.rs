@@ -141,19 +141,21 @@ pub fn rate_limit_headers(h: &mut HeaderMap, view: &TenantView) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let mut values: [Option<HeaderValue>; 9] = Default::default();
-    for (i, (d, _)) in RATE_HEADERS.iter().enumerate() {
-        let Some(b) = view.get(*d) else { continue };
-        values[3 * i] = Some(cached_limit(i, b.limit));
-        // `HeaderValue::from(u64)` formats through a growable buffer; a stack buffer and one
-        // copy cost less than half as much.
-        let mut digits = itoa::Buffer::new();
-        values[3 * i + 1] = Some(
-            HeaderValue::from_str(digits.format(b.remaining))
-                .unwrap_or_else(|_| HeaderValue::from(b.remaining)),
-        );
-        let at = now + std::time::Duration::from_micros(b.full_in_us);
-        values[3 * i + 2] = cached_reset(at.as_secs());
-    }
+    CACHE.with_borrow_mut(|cache| {
+        for (i, (d, _)) in RATE_HEADERS.iter().enumerate() {
+            let Some(b) = view.get(*d) else { continue };
+            values[3 * i] = Some(cache.limit(i, b.limit));
+            // `HeaderValue::from(u64)` formats through a growable buffer; a stack buffer and
+            // one copy cost less than half as much.
+            let mut digits = itoa::Buffer::new();
+            values[3 * i + 1] = Some(
+                HeaderValue::from_str(digits.format(b.remaining))
+                    .unwrap_or_else(|_| HeaderValue::from(b.remaining)),
+            );
+            let at = now + std::time::Duration::from_micros(b.full_in_us);
+            values[3 * i + 2] = cache.reset(at.as_secs());
+        }
+    });
     let mut seen = 0u16;
     let mut repeated = 0u16;
     for (name, value) in h.iter_mut() {
@@ -214,24 +216,54 @@ fn rate_name(k: usize) -> &'static HeaderName {
 /// A formatted value and what it was formatted from.
 type Slot = Option<(u64, HeaderValue)>;
 
-thread_local! {
-    static LIMITS: std::cell::RefCell<[Slot; 3]> =
-        const { std::cell::RefCell::new([None, None, None]) };
-    /// Four recent reset seconds, replaced round robin (the `usize`).
-    static RESETS: std::cell::RefCell<([Slot; 4], usize)> =
-        const { std::cell::RefCell::new(([None, None, None, None], 0)) };
+/// The values kept per thread (one thread-local access per reply).
+struct HeaderCache {
+    /// Per dimension, the last limit formatted.
+    limits: [Slot; 3],
+    /// Four recent reset seconds, replaced round robin (`next`).
+    resets: [Slot; 4],
+    next: usize,
 }
 
-fn cached_limit(dimension: usize, limit: u64) -> HeaderValue {
-    LIMITS.with_borrow_mut(|slots| match slots.get_mut(dimension) {
-        Some(Some((n, v))) if *n == limit => v.clone(),
-        Some(slot) => {
-            let v = static_limit(limit);
-            *slot = Some((limit, v.clone()));
-            v
+thread_local! {
+    static CACHE: std::cell::RefCell<HeaderCache> = const {
+        std::cell::RefCell::new(HeaderCache {
+            limits: [None, None, None],
+            resets: [None, None, None, None],
+            next: 0,
+        })
+    };
+}
+
+impl HeaderCache {
+    fn limit(&mut self, dimension: usize, limit: u64) -> HeaderValue {
+        match self.limits.get_mut(dimension) {
+            Some(Some((n, v))) if *n == limit => v.clone(),
+            Some(slot) => {
+                let v = static_limit(limit);
+                *slot = Some((limit, v.clone()));
+                v
+            }
+            None => static_limit(limit),
         }
-        None => static_limit(limit),
-    })
+    }
+
+    fn reset(&mut self, unix_secs: u64) -> Option<HeaderValue> {
+        if let Some((_, v)) = self.resets.iter().flatten().find(|(s, _)| *s == unix_secs) {
+            return Some(v.clone());
+        }
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+        let mut buf = [0u8; 32];
+        let mut w = std::io::Cursor::new(&mut buf[..]);
+        write!(w, "{}", humantime::format_rfc3339_seconds(at)).ok()?;
+        let n = usize::try_from(w.position()).unwrap_or(0);
+        let v = HeaderValue::from_bytes(&buf[..n]).ok()?;
+        if let Some(slot) = self.resets.get_mut(self.next % 4) {
+            *slot = Some((unix_secs, v.clone()));
+        }
+        self.next = self.next.wrapping_add(1);
+        Some(v)
+    }
 }
 
 /// Most distinct limit values ever given a static header value.
@@ -260,25 +292,6 @@ fn static_limit(limit: u64) -> HeaderValue {
         None => return HeaderValue::from(limit),
     };
     HeaderValue::from_static(s)
-}
-
-fn cached_reset(unix_secs: u64) -> Option<HeaderValue> {
-    RESETS.with_borrow_mut(|(slots, next)| {
-        if let Some((_, v)) = slots.iter().flatten().find(|(s, _)| *s == unix_secs) {
-            return Some(v.clone());
-        }
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
-        let mut buf = [0u8; 32];
-        let mut w = std::io::Cursor::new(&mut buf[..]);
-        write!(w, "{}", humantime::format_rfc3339_seconds(at)).ok()?;
-        let n = usize::try_from(w.position()).unwrap_or(0);
-        let v = HeaderValue::from_bytes(&buf[..n]).ok()?;
-        if let Some(slot) = slots.get_mut(*next % 4) {
-            *slot = Some((unix_secs, v.clone()));
-        }
-        *next = next.wrapping_add(1);
-        Some(v)
-    })
 }
 
 /// What the upstream says is left of the organisation's buckets, read before those headers
