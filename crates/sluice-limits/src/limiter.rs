@@ -265,16 +265,14 @@ impl Policy {
         (i, name)
     }
 
-    /// The class of `model` and, when the policy has them, its fair queue.
-    fn class_and_queue(&self, model: &str) -> (&Arc<str>, Option<&Arc<FairQueue>>) {
-        let i = self.class_index(model);
-        let class = self.class_names.get(i).unwrap_or(&self.other);
-        (class, self.queues.get(i))
+    /// The name of the class at `i` (see [`Policy::class_index`]).
+    fn class_name(&self, i: usize) -> &Arc<str> {
+        self.class_names.get(i).unwrap_or(&self.other)
     }
 
     /// The model class of `model` (first match; `other` when none matches).
     pub fn class_of(&self, model: &str) -> &Arc<str> {
-        self.class_and_queue(model).0
+        self.class_name(self.class_index(model))
     }
 
     /// The price table in force.
@@ -816,10 +814,9 @@ impl Limiter {
         }
     }
 
-    /// The upstream reported what remains of the org pool `scope`, which `last` says when
-    /// was last corrected, per dimension: never believe there is more room than that. Sampled: at most one observation per class
-    /// per [`OBSERVE_EVERY_US`], because every reply carries these headers and the pool only
-    /// needs correcting when it drifts, not a write to the backend per call.
+    /// The upstream reported what remains of the org pool `scope` (last corrected at `last`),
+    /// per dimension: lower the pool to it, at most once per [`OBSERVE_EVERY_US`] (see
+    /// [`Permit::observe_upstream`]).
     fn observe_upstream<I: IntoIterator<Item = (Dimension, u64)>>(
         &self,
         scope: &Scope,
@@ -890,7 +887,7 @@ impl Limiter {
     fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {
         let policy = self.policy(cfg);
         let (ci, model) = policy.model_info(call.model);
-        let class = policy.class_names.get(ci).unwrap_or(&policy.other).clone();
+        let class = policy.class_name(ci).clone();
         let queue = policy.queues.get(ci).cloned();
         let now = self.now_us();
 

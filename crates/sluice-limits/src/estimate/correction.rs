@@ -41,9 +41,6 @@ struct State {
     /// Moving average of the log ratio.
     mean: f64,
     seen: u32,
-    /// `exp(mean)`, clamped, kept up to date by `observe`: every admission reads it, so it is
-    /// computed once per observation rather than once per call.
-    factor: f64,
 }
 
 /// One model's learned correction. A call's permit keeps the slot its estimate was corrected
@@ -51,7 +48,8 @@ struct State {
 #[derive(Debug)]
 pub struct CorrectionSlot {
     state: Mutex<State>,
-    /// The factor in force (`f64` bits; 1.0 until warmed up), read without the lock.
+    /// The factor in force (`f64` bits; 1.0 until warmed up): `exp(mean)`, clamped, kept up
+    /// to date by each observation, since every admission reads it. Read without the lock.
     factor: AtomicU64,
 }
 
@@ -63,8 +61,7 @@ impl CorrectionSlot {
 
     /// `raw` corrected by this model's factor, rounded.
     pub fn apply(&self, raw: u64) -> u64 {
-        // Saturating float-to-int conversion; estimates are far below 2^53.
-        (raw as f64 * self.factor()).round() as u64
+        scale(raw, self.factor())
     }
 }
 
@@ -143,12 +140,12 @@ impl Correction {
         } else {
             s.mean += c.alpha * (r - s.mean).clamp(-c.max_step, c.max_step);
         }
-        s.factor = if s.seen >= c.warmup {
+        let factor = if s.seen >= c.warmup {
             s.mean.exp().clamp(c.min_factor, c.max_factor)
         } else {
             1.0
         };
-        slot.factor.store(s.factor.to_bits(), Ordering::Relaxed);
+        slot.factor.store(factor.to_bits(), Ordering::Relaxed);
     }
 
     /// The multiplier currently applied to `model`'s raw estimates (1.0 until warmed up).
@@ -159,9 +156,14 @@ impl Correction {
 
     /// `raw` corrected for `model`, rounded.
     pub fn apply(&self, model: &str, raw: u64) -> u64 {
-        // Saturating float-to-int conversion; estimates are far below 2^53.
-        (raw as f64 * self.factor(model)).round() as u64
+        scale(raw, self.factor(model))
     }
+}
+
+/// `raw` times `factor`, rounded.
+fn scale(raw: u64, factor: f64) -> u64 {
+    // Saturating float-to-int conversion; estimates are far below 2^53.
+    (raw as f64 * factor).round() as u64
 }
 
 #[cfg(test)]
