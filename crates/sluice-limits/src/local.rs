@@ -144,9 +144,7 @@ impl LocalBackend {
 
     /// The buckets of `scope`, created full at `now_us` if it has none yet.
     fn cell<'s>(&self, scope: &'s Scope, now_us: u64) -> Held<'s> {
-        if let Some((id, c)) = scope.local.0.get()
-            && *id == self.id
-        {
+        if let Some(c) = self.remembered(scope) {
             return Held::Remembered(c);
         }
         let c = lock(&self.cells)
@@ -158,22 +156,31 @@ impl LocalBackend {
 
     /// The buckets of `scope`, if it has any.
     fn find<'s>(&self, scope: &'s Scope) -> Option<Held<'s>> {
-        if let Some((id, c)) = scope.local.0.get()
-            && *id == self.id
-        {
+        if let Some(c) = self.remembered(scope) {
             return Some(Held::Remembered(c));
         }
         let c = lock(&self.cells).get(&*scope.key).cloned()?;
         Some(self.remember(scope, c))
     }
 
+    /// The buckets `scope` remembers, if it remembers this backend's.
+    fn remembered<'s>(&self, scope: &'s Scope) -> Option<&'s Arc<Cell>> {
+        scope
+            .local
+            .0
+            .get()
+            .filter(|(id, _)| *id == self.id)
+            .map(|(_, c)| c)
+    }
+
+    /// Have `scope` remember `c` unless it already remembers another backend's buckets.
     fn remember<'s>(&self, scope: &'s Scope, c: Arc<Cell>) -> Held<'s> {
         if scope.local.0.get().is_none() {
             let _ = scope.local.0.set((self.id, c.clone()));
         }
-        match scope.local.0.get() {
-            Some((id, mine)) if *id == self.id => Held::Remembered(mine),
-            _ => Held::Found(c),
+        match self.remembered(scope) {
+            Some(mine) => Held::Remembered(mine),
+            None => Held::Found(c),
         }
     }
 
