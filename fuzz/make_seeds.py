@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate fuzz/seeds/ from the wire fixtures (../../shared/fixtures, next to the checkout).
+"""Regenerate fuzz/seeds/ from the wire fixtures (tests/fixtures in the repository).
 
 sse_tap seeds carry the target's control header (see fuzz_targets/sse_tap.rs) before a fixture
 stream; message_request seeds are JSON bodies. Hand-found inputs (e.g. oracle_*) are kept.
@@ -8,7 +8,7 @@ import json
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURES = os.path.join(HERE, "..", "..", "shared", "fixtures")
+FIXTURES = os.path.join(HERE, "..", "tests", "fixtures")
 
 
 def write(path, data):

@@ -1,5 +1,5 @@
-//! The wire fixtures in `shared/fixtures` (a sibling of the repository checkout), read at test
-//! time, against the exact numbers they contain.
+//! The wire fixtures in the repository's `tests/fixtures`, read at test time, against the exact
+//! numbers they contain.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +11,7 @@ use sluice_core::Usage;
 use std::path::PathBuf;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../../shared/fixtures", name]
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../tests/fixtures", name]
         .iter()
         .collect();
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -89,7 +89,7 @@ fn streams() -> [(&'static str, StreamSummary); 3] {
 
 #[test]
 fn fixture_path_resolves() {
-    let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../../shared/fixtures"]
+    let dir: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../tests/fixtures"]
         .iter()
         .collect();
     assert!(dir.join("README.md").is_file(), "{}", dir.display());

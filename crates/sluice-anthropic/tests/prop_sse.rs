@@ -17,7 +17,7 @@ const FIXTURES: [&str; 3] = [
 ];
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../../shared/fixtures", name]
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../tests/fixtures", name]
         .iter()
         .collect();
     std::fs::read(path).unwrap()

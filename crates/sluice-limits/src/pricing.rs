@@ -400,11 +400,11 @@ mod tests {
         PriceEntry::parse_list(toml).unwrap()
     }
 
-    /// The usage of a reply fixture in `shared/fixtures` (a sibling of the repository
-    /// checkout), read with a plain text search since this crate has no JSON parser: it keeps
-    /// the hand-computed costs below tied to the fixtures they claim to price.
+    /// The usage of a reply fixture in the repository's `tests/fixtures`, read with a plain
+    /// text search since this crate has no JSON parser: it keeps the hand-computed costs below
+    /// tied to the fixtures they claim to price.
     fn fixture_usage(name: &str) -> Usage {
-        let path = [env!("CARGO_MANIFEST_DIR"), "../../../shared/fixtures", name]
+        let path = [env!("CARGO_MANIFEST_DIR"), "../../tests/fixtures", name]
             .iter()
             .collect::<std::path::PathBuf>();
         let text =

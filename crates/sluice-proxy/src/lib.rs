@@ -1,12 +1,12 @@
 //! The Sluice data plane: the request path as named steps.
 //!
 //! ```text
-//! accept → authenticate (auth) → parse just enough (sluice-anthropic) → forward (sluice-upstream)
+//! accept → authenticate (auth) → parse just enough (sluice-anthropic) → admit (sluice-limits)
+//!        → route and forward with retries and fallbacks (api::Call::forward, sluice-upstream)
 //!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
 //! ```
 //!
-//! Admission (limits, budgets) and routing (pools, fallbacks) slot in between parse and forward
-//! as later steps. This crate never imports the control plane.
+//! This crate never imports the control plane.
 
 pub mod alerts;
 pub mod api;

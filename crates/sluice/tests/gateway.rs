@@ -535,7 +535,7 @@ async fn batches_belong_to_their_tenant_and_results_come_back_through_the_gatewa
     let mut e = env().await;
     let create = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/batch_create_request.json"
+        "/../../tests/fixtures/batch_create_request.json"
     ))
     .unwrap();
     let auth = |k: &str| ("x-api-key", k.to_owned());

@@ -10,24 +10,12 @@ import anthropic
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-FIXTURE_CANDIDATES = [
-    REPO.parent / "shared" / "fixtures" / "batch_create_request.json",
-    Path("/work/shared/fixtures/batch_create_request.json"),
-]
+FIXTURE = REPO / "tests" / "fixtures" / "batch_create_request.json"
 
 
 def _batch_requests() -> list[dict]:
-    """The requests of shared/fixtures/batch_create_request.json, or the same shape inline."""
-    for path in FIXTURE_CANDIDATES:
-        if path.is_file():
-            return json.loads(path.read_text())["requests"]
-    model = "claude-haiku-4-5-20251001"
-    return [
-        {"custom_id": "ticket-0001", "params": {"model": model, "max_tokens": 256, "messages": [
-            {"role": "user", "content": "Summarise ticket 1: printer on floor 3 is jammed again."}]}},
-        {"custom_id": "ticket-0002", "params": {"model": model, "max_tokens": 256, "messages": [
-            {"role": "user", "content": "Summarise ticket 2: VPN drops every 20 minutes."}]}},
-    ]
+    """The requests of tests/fixtures/batch_create_request.json."""
+    return json.loads(FIXTURE.read_text())["requests"]
 
 
 def _wait_ended(client, batch_id: str, timeout: float = 10.0):

@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 import Anthropic, {
@@ -19,15 +19,7 @@ import Anthropic, {
 import { MODEL, REPO, startSluice } from './harness.mjs';
 
 function batchRequests() {
-  for (const p of [join(REPO, '..', 'shared', 'fixtures', 'batch_create_request.json'),
-    '/work/shared/fixtures/batch_create_request.json']) {
-    if (existsSync(p)) return JSON.parse(readFileSync(p, 'utf8')).requests;
-  }
-  const params = (text) => ({ model: MODEL, max_tokens: 256, messages: [{ role: 'user', content: text }] });
-  return [
-    { custom_id: 'ticket-0001', params: params('Summarise ticket 1: printer on floor 3 is jammed again.') },
-    { custom_id: 'ticket-0002', params: params('Summarise ticket 2: VPN drops every 20 minutes.') },
-  ];
+  return JSON.parse(readFileSync(join(REPO, 'tests', 'fixtures', 'batch_create_request.json'), 'utf8')).requests;
 }
 
 function prompt(tag) {

@@ -127,7 +127,7 @@ Answer in Markdown with one section per severity (Blocking, Should fix, Nit). If
 Be precise about Rust semantics: ownership, Send/Sync, panics, integer overflow, and async cancellation safety."""
 
 LEGAL_PROMPT = read(os.path.join(REPO, "docs/ARCHITECTURE.md"))
-DESIGN = read(os.path.join(REPO, "../shared/design/DESIGN.md")) if os.path.exists(os.path.join(REPO, "../shared/design/DESIGN.md")) else LEGAL_PROMPT
+DESIGN = read(os.path.join(REPO, "docs/design-notes.md"))
 
 EN_CHAT = [
     ("Hi, I ordered the Trailhead 2 jacket in medium last week but it's too tight in the shoulders. Can I swap it for a large?",
