@@ -26,6 +26,11 @@
 //! `by_key`: requests per upstream key, labelled in [`redact_key`]'s form). Recorded requests
 //! keep their headers verbatim, so tests can check the exact upstream key the gateway sent.
 //!
+//! A fault for every client at once, switched while running (e.g. a 529 storm under load,
+//! `bench/chaos`): `POST /_mock/faults` with `{"status": 529}` answers every `/v1/…` call with
+//! that status (after auth) until `{"status": null}`; `GET /_mock/faults` shows it. Loopback
+//! peers only.
+//!
 //! Per-key faults (a pool of upstream keys where one is rate limited or failing):
 //! [`MockOptions::key_status`] and [`MockHandle::set_key_status`].
 
@@ -184,7 +189,8 @@ async fn serve_connection(stream: TcpStream, state: Arc<State>, mut stop: watch:
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "mock: TCP_NODELAY failed");
     }
-    let svc = service_fn(move |req| router::handle(Arc::clone(&state), req));
+    let peer = stream.peer_addr().ok();
+    let svc = service_fn(move |req| router::handle(Arc::clone(&state), peer, req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .serve_connection(TokioIo::new(stream), svc);

@@ -1,6 +1,7 @@
 //! Per-request handling: routing, the `x-mock-*` fault headers, auth, recording, and the headers
 //! every reply carries (`request-id`, the rate-limit set).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -26,6 +27,8 @@ use crate::wire::{ApiError, error_body, error_for_status, rfc3339, unix_now};
 const MESSAGES_BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// The upstream's body limit for batch creation (and a ceiling for everything else).
 const OTHER_BODY_LIMIT: usize = 256 * 1024 * 1024;
+/// `POST /_mock/faults` takes a few bytes of JSON.
+const FAULTS_BODY_LIMIT: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route<'a> {
@@ -164,12 +167,20 @@ impl Drop for PendingGuard<'_> {
 /// The hyper service.
 pub(crate) async fn handle(
     state: Arc<State>,
+    peer: Option<SocketAddr>,
     req: Request<Incoming>,
 ) -> Result<Response<MockBody>, DropConnection> {
     let request_id = state.next_request_id();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path();
 
+    if path == "/_mock/faults" {
+        let Ok(body) = Limited::new(body, FAULTS_BODY_LIMIT).collect().await else {
+            return Err(DropConnection);
+        };
+        let reply = runtime_faults(&state, &parts.method, peer, &body.to_bytes(), &request_id);
+        return Ok(respond(&state, reply, &request_id, false));
+    }
     if let Some(what) = path.strip_prefix("/_mock/") {
         let reply = introspect(&state, &parts.method, what, &request_id);
         return Ok(respond(&state, reply, &request_id, false));
@@ -287,6 +298,10 @@ fn dispatch(
     if let Some(status) = presented_key(headers).and_then(|k| state.key_status(k))
         && status != 200
     {
+        let (kind, message) = error_for_status(status);
+        return Reply::Json(status, error_body(kind, message, request_id));
+    }
+    if let Some(status) = state.global_status() {
         let (kind, message) = error_for_status(status);
         return Reply::Json(status, error_body(kind, message, request_id));
     }
@@ -574,6 +589,57 @@ fn introspect(state: &Arc<State>, method: &Method, what: &str, request_id: &str)
                 })
                 .to_string(),
             )
+        }
+        _ => error_reply(&ApiError::not_found("Not found"), request_id),
+    }
+}
+
+/// `GET /_mock/faults` shows, and `POST /_mock/faults` with `{"status": N}` sets, the status
+/// every `/v1/…` call gets from then on (after auth, before any `x-mock-*` header);
+/// `{"status": null}` (or 200) ends it. It changes the mock for every client, so only a
+/// loopback peer may use it.
+fn runtime_faults(
+    state: &State,
+    method: &Method,
+    peer: Option<SocketAddr>,
+    body: &Bytes,
+    request_id: &str,
+) -> Reply {
+    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+        let (kind, _) = error_for_status(403);
+        return Reply::Json(
+            403,
+            error_body(kind, "/_mock/faults is loopback only", request_id),
+        );
+    }
+    let current = |state: &State| json!({ "status": state.global_status() }).to_string();
+    match *method {
+        Method::GET => Reply::Json(200, current(state)),
+        Method::POST => {
+            let status =
+                serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| match v.get("status") {
+                        Some(Value::Null) => Some(None),
+                        Some(n) => n
+                            .as_u64()
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|s| *s == 200 || (400..=599).contains(s))
+                            .map(|s| (s != 200).then_some(s)),
+                        None => None,
+                    });
+            match status {
+                Some(status) => {
+                    state.set_global_status(status);
+                    Reply::Json(200, current(state))
+                }
+                None => error_reply(
+                    &ApiError::invalid(
+                        r#"expected {"status": N} with N 200 or 400..=599, or {"status": null}"#,
+                    ),
+                    request_id,
+                ),
+            }
         }
         _ => error_reply(&ApiError::not_found("Not found"), request_id),
     }

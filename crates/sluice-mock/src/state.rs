@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use base64::Engine as _;
@@ -136,6 +136,9 @@ pub(crate) struct State {
     pub(crate) batches: Mutex<BTreeMap<u64, Batch>>,
     /// Access tokens the Vertex token endpoint issued (see `vertex.rs`).
     pub(crate) vertex_tokens: Mutex<HashSet<String>>,
+    /// The status every `/v1/…` call gets while set (0: none), switched at run time through
+    /// `POST /_mock/faults`, e.g. to stage a 529 storm under load.
+    global_status: AtomicU16,
 }
 
 /// Locks, ignoring poisoning: every critical section leaves the data consistent.
@@ -160,7 +163,18 @@ impl State {
             by_key: Mutex::new(BTreeMap::new()),
             batches: Mutex::new(BTreeMap::new()),
             vertex_tokens: Mutex::new(HashSet::new()),
+            global_status: AtomicU16::new(0),
         }
+    }
+
+    /// The status of `POST /_mock/faults`, if one is set.
+    pub(crate) fn global_status(&self) -> Option<u16> {
+        Some(self.global_status.load(Ordering::Relaxed)).filter(|s| *s != 0)
+    }
+
+    pub(crate) fn set_global_status(&self, status: Option<u16>) {
+        self.global_status
+            .store(status.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// Count a request presented with `key`.

@@ -670,6 +670,75 @@ async fn unknown_paths_are_404() {
 }
 
 #[tokio::test]
+async fn runtime_fault_switches_every_call_until_cleared() {
+    let mock = start(MockOptions::default()).await;
+    assert_eq!(
+        get(&mock, "/_mock/faults").await.json(),
+        json!({"status": null})
+    );
+    let r = post(&mock, "/_mock/faults", &[], &json!({"status": 529})).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"status": 529}));
+    assert_eq!(
+        get(&mock, "/_mock/faults").await.json(),
+        json!({"status": 529})
+    );
+
+    // Every call, streamed or not, on any endpoint, whatever its own headers ask for.
+    let mut streamed = simple_request();
+    streamed["stream"] = json!(true);
+    for req in [simple_request(), streamed] {
+        let r = post(&mock, "/v1/messages", &[], &req).await;
+        assert_upstream_error(&r, 529, "overloaded_error");
+    }
+    let r = post(
+        &mock,
+        "/v1/messages",
+        &[("x-mock-status", "200")],
+        &simple_request(),
+    )
+    .await;
+    assert_upstream_error(&r, 529, "overloaded_error");
+    let r = get(&mock, "/v1/models").await;
+    assert_upstream_error(&r, 529, "overloaded_error");
+
+    // Cleared: normal replies again.
+    let r = post(&mock, "/_mock/faults", &[], &json!({"status": null})).await;
+    assert_eq!(r.json(), json!({"status": null}));
+    assert_eq!(
+        post(&mock, "/v1/messages", &[], &simple_request())
+            .await
+            .status,
+        StatusCode::OK
+    );
+    post(&mock, "/_mock/faults", &[], &json!({"status": 503})).await;
+    post(&mock, "/_mock/faults", &[], &json!({"status": 200})).await;
+    assert_eq!(
+        post(&mock, "/v1/messages", &[], &simple_request())
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Bad values are a 400 and change nothing.
+    for bad in [
+        json!({"status": 302}),
+        json!({"status": "529"}),
+        json!({}),
+        json!([1]),
+    ] {
+        let r = post(&mock, "/_mock/faults", &[], &bad).await;
+        assert_upstream_error(&r, 400, "invalid_request_error");
+    }
+    assert_eq!(
+        get(&mock, "/_mock/faults").await.json(),
+        json!({"status": null})
+    );
+    // Switching faults is not an upstream call.
+    assert_eq!(mock.stats().requests, 6);
+}
+
+#[tokio::test]
 async fn injected_statuses_use_the_upstream_error_bodies() {
     let mock = start(MockOptions::default()).await;
     let cases = [
