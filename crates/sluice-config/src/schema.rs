@@ -138,8 +138,12 @@ pub struct UpstreamConfig {
     /// Attempts per call in all (1: never retry). Retries happen only before any byte of the
     /// reply has gone to the client.
     pub max_attempts: u32,
-    /// Upstream statuses that are retried (connect failures and first-byte timeouts always are).
+    /// Upstream statuses that are retried (connect failures always are; first-byte timeouts
+    /// are, except on `POST /v1/messages`, see `retry_on_first_byte_timeout`).
     pub retry_statuses: Vec<u16>,
+    /// Retry `POST /v1/messages` after a first-byte timeout too. Off by default: the upstream
+    /// has the request and may still complete and bill it, so a retry can be paid twice.
+    pub retry_on_first_byte_timeout: bool,
     /// Backoff ceiling of the first retry, doubled per retry (full jitter under it).
     pub retry_base_ms: u64,
     /// Largest backoff ceiling.
@@ -175,6 +179,7 @@ impl Default for UpstreamConfig {
             pool_idle_timeout_secs: 60,
             max_attempts: 3,
             retry_statuses: vec![408, 429, 500, 502, 503, 504, 529],
+            retry_on_first_byte_timeout: false,
             retry_base_ms: 250,
             retry_max_backoff_ms: 8_000,
             retry_deadline_ms: 30_000,

@@ -286,7 +286,12 @@ impl Call {
                 upstream.report(member, sluice_upstream::outcome_of(&result));
                 let retryable = match &result {
                     Ok(r) => policy.retryable(r.status()),
-                    Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_)) => true,
+                    Err(UpstreamError::Unreachable(_)) => true,
+                    // The upstream has the request and may still generate (and bill) it.
+                    Err(UpstreamError::Timeout(_)) => {
+                        endpoint != Endpoint::Messages
+                            || policy.retry_messages_on_first_byte_timeout
+                    }
                     Err(UpstreamError::Config(_)) => false,
                 };
                 if !retryable {

@@ -209,6 +209,9 @@ struct ListParams {
     after_id: Option<String>,
 }
 
+/// Most upstream GETs one listing has in flight at once.
+const LIST_FETCH_CONCURRENCY: usize = 8;
+
 /// `GET /v1/messages/batches`: the caller's batches only, newest first, with the upstream's
 /// paging (`limit` 1-1000, default 20; `before_id`, `after_id`).
 pub async fn list(State(s): State<AppState>, req: Request) -> Response {
@@ -238,6 +241,9 @@ pub async fn list(State(s): State<AppState>, req: Request) -> Response {
         .uri
         .query()
         .is_some_and(|q| q.split('&').any(|kv| kv == "beta=true"));
+    // A page of up to 1,000 ids must not become 1,000 simultaneous GETs on the organisation's
+    // key; order is kept by index, so bounding concurrency does not reorder the listing.
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(LIST_FETCH_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, id) in page.ids.iter().enumerate() {
         let mut h = parts.headers.clone();
@@ -247,7 +253,10 @@ pub async fn list(State(s): State<AppState>, req: Request) -> Response {
             if beta { "?beta=true" } else { "" }
         );
         let up = s.upstream().clone();
+        let permits = permits.clone();
         tasks.spawn(async move {
+            // The semaphore is never closed, so acquiring cannot fail.
+            let _permit = permits.acquire_owned().await.ok();
             let r = up.send(http::Method::GET, &pq, h, Bytes::new()).await;
             let r = match r {
                 Ok(resp) => buffered(resp).await.map(|(p, b)| (p.status, b)),

@@ -14,11 +14,17 @@
 //! when it enters the writer, and inserts skip ids already present: a batch replayed after a
 //! commit whose acknowledgement was lost is stored once.
 //!
+//! With SQLite, a batch the database refuses (the file locked by another process past the
+//! busy timeout, a full disk) is held in memory and retried with the same backoff as Postgres;
+//! while it is held the writer stops draining the queue, so the bounded queue is the buffer
+//! and new rows are refused only once it is full.
+//!
 //! Loss window: rows still in the queue when the process is killed without a graceful
 //! shutdown (at most `flush_interval` worth under normal load), rows refused because the queue
-//! was full, SQLite batches that fail, and Postgres rows that do not fit in a full spool (all
-//! counted in [`LedgerStats::dropped`] and logged). The writer sustains far more rows per
-//! second than the gateway serves calls, so a full queue means the disk has stalled.
+//! was full, SQLite rows still refused when shutdown has waited `shutdown_wait` for them, and
+//! Postgres rows that do not fit in a full spool (all counted in [`LedgerStats::dropped`] and
+//! logged). The writer sustains far more rows per second than the gateway serves calls, so a
+//! full queue means the disk has stalled.
 
 use crate::StoreError;
 use crate::db::open_conn;
@@ -90,8 +96,8 @@ pub struct LedgerStats {
     pub queued: AtomicU64,
     /// Rows committed to the database (replayed rows included).
     pub written: AtomicU64,
-    /// Rows refused because the queue was full, lost because a write failed (SQLite), or
-    /// refused because the spool was full (Postgres).
+    /// Rows refused because the queue was full, still refused by SQLite when shutdown gave up
+    /// waiting, or refused because the spool was full (Postgres).
     pub dropped: AtomicU64,
     /// Batch writes that failed (each failed Postgres attempt counts, spooled or not).
     pub write_errors: AtomicU64,
@@ -357,6 +363,9 @@ pub struct RetryOptions {
     pub replay_slice: Duration,
     /// Longest a flush (and so shutdown) spends replaying the spool.
     pub replay_on_flush: Duration,
+    /// Longest [`LedgerWriter::shutdown`] waits for rows the database keeps refusing (SQLite
+    /// has no spool to put them in); what is still unwritten then is counted as dropped.
+    pub shutdown_wait: Duration,
 }
 
 impl Default for RetryOptions {
@@ -366,6 +375,7 @@ impl Default for RetryOptions {
             backoff_max: Duration::from_secs(5),
             replay_slice: Duration::from_millis(200),
             replay_on_flush: Duration::from_secs(5),
+            shutdown_wait: Duration::from_secs(30),
         }
     }
 }
@@ -374,6 +384,7 @@ impl Default for RetryOptions {
 /// running until every sender is gone; readiness reads [`LedgerStats::alive`].
 pub struct LedgerWriter {
     sender: LedgerSender,
+    shutdown_wait: Duration,
 }
 
 impl LedgerWriter {
@@ -422,6 +433,7 @@ impl LedgerWriter {
             stats.spool_bytes.store(s.bytes(), Ordering::Relaxed);
         }
         let thread_stats = stats.clone();
+        let shutdown_wait = retry.shutdown_wait;
         let thread = std::thread::Builder::new()
             .name("sluice-ledger".into())
             .spawn(move || {
@@ -436,6 +448,8 @@ impl LedgerWriter {
                     next_try: Instant::now(),
                     down_since: None,
                     replay: None,
+                    held: Vec::new(),
+                    held_flushes: Vec::new(),
                 };
                 run(&mut engine, rx, opts.flush_interval);
             })
@@ -446,6 +460,7 @@ impl LedgerWriter {
                 stats,
                 writer: thread.thread().clone(),
             },
+            shutdown_wait,
         })
     }
 
@@ -455,12 +470,50 @@ impl LedgerWriter {
     }
 
     /// Return once every row queued before this call is durable (see
-    /// [`LedgerSender::flush_blocking`]). The thread itself ends when the last sender is
-    /// dropped.
+    /// [`LedgerSender::flush_blocking`]), or after `shutdown_wait` if the database keeps
+    /// refusing them (a SQLite file locked or failing for good must not keep the process from
+    /// exiting; the rows not written are counted as dropped and logged). The thread itself ends
+    /// when the last sender is dropped.
     pub fn shutdown(self) {
         // A flush marker is processed after every row queued before it, so waiting for its
         // acknowledgement is waiting for the queue to drain.
-        self.sender.flush_blocking();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + self.shutdown_wait;
+        let mut marker = Msg::Flush(tx);
+        // `send` would block for as long as the queue stays full; try until the deadline.
+        let queued = loop {
+            match self.sender.tx.try_send(marker) {
+                Ok(()) => break true,
+                Err(TrySendError::Disconnected(_)) => break false,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        break false;
+                    }
+                    marker = m;
+                    self.sender.writer.unpark();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        self.sender.writer.unpark();
+        let done = queued
+            && rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .is_ok();
+        if !done {
+            // Rows accepted and neither committed nor spooled (replayed rows were counted in
+            // both `spooled` and `written`). Exact for SQLite, which has no spool.
+            let s = &self.sender.stats;
+            let unwritten = (s.queued.load(Ordering::Relaxed) + s.replayed.load(Ordering::Relaxed))
+                .saturating_sub(s.written.load(Ordering::Relaxed))
+                .saturating_sub(s.spooled.load(Ordering::Relaxed));
+            s.dropped.fetch_add(unwritten, Ordering::Relaxed);
+            tracing::error!(
+                rows = unwritten,
+                waited_ms = self.shutdown_wait.as_millis() as u64,
+                "ledger database still refuses writes at shutdown; rows lost"
+            );
+        }
     }
 }
 
@@ -481,6 +534,11 @@ struct Engine<'a> {
     down_since: Option<Instant>,
     /// A replay under way: when it started and how many rows it has committed.
     replay: Option<(Instant, u64)>,
+    /// Without a spool (SQLite): a batch the database refused, retried until it is taken.
+    /// While it is non-empty the queue is not drained, so it holds at most one batch.
+    held: Vec<StoredRow>,
+    /// Flush requests that arrived behind `held` rows, answered once they are written.
+    held_flushes: Vec<std::sync::mpsc::Sender<()>>,
 }
 
 fn run(engine: &mut Engine<'_>, rx: Receiver<Msg>, flush_interval: Duration) {
@@ -491,6 +549,16 @@ fn run(engine: &mut Engine<'_>, rx: Receiver<Msg>, flush_interval: Duration) {
     // switch on a busy machine) per call. Polling costs one wakeup per interval. `Sender::send`
     // still blocks when the queue is full, but only flush_blocking uses it, off the request path.
     loop {
+        if !engine.held.is_empty() {
+            // Refused rows go first; until they are written the queue is left to fill (and
+            // to refuse rows once full) rather than growing a buffer here without bound.
+            engine.retry_held();
+            if !engine.held.is_empty() {
+                let wait = engine.next_try.saturating_duration_since(Instant::now());
+                std::thread::park_timeout(wait.max(Duration::from_millis(1)));
+                continue;
+            }
+        }
         let mut disconnected = false;
         loop {
             match rx.try_recv() {
@@ -499,11 +567,18 @@ fn run(engine: &mut Engine<'_>, rx: Receiver<Msg>, flush_interval: Duration) {
                     batch.push(StoredRow::new(uid, *r));
                     if batch.len() >= engine.batch_max {
                         engine.write_batch(&mut batch);
+                        if !engine.held.is_empty() {
+                            break;
+                        }
                     }
                 }
                 // Rows queued before the marker are in `batch` now; write them, then answer.
                 Ok(Msg::Flush(w)) => {
                     engine.write_batch(&mut batch);
+                    if !engine.held.is_empty() {
+                        engine.held_flushes.push(w);
+                        break;
+                    }
                     let budget = engine.retry.replay_on_flush;
                     engine.replay_for(budget);
                     let _ = w.send(());
@@ -517,6 +592,7 @@ fn run(engine: &mut Engine<'_>, rx: Receiver<Msg>, flush_interval: Duration) {
         }
         engine.write_batch(&mut batch);
         if disconnected {
+            engine.drain_held_before_exit();
             let budget = engine.retry.replay_on_flush;
             engine.replay_for(budget);
             return;
@@ -560,11 +636,54 @@ impl Engine<'_> {
         }
         if self.spool.is_some() {
             self.spool_append(batch);
+            batch.clear();
         } else {
-            // SQLite: the failure was logged and counted by `failed`; the rows are lost.
-            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            // SQLite: keep the rows for `retry_held` (the failure was counted by `failed`).
+            std::mem::swap(&mut self.held, batch);
         }
-        batch.clear();
+    }
+
+    /// Try the held batch again once its backoff has passed.
+    fn retry_held(&mut self) {
+        if self.held.is_empty() || Instant::now() < self.next_try {
+            return;
+        }
+        let n = self.held.len() as u64;
+        match self.sink.insert(&self.held) {
+            Ok(()) => {
+                self.stats.written.fetch_add(n, Ordering::Relaxed);
+                self.held.clear();
+                self.backoff = Duration::ZERO;
+                self.stats.database_up.store(true, Ordering::Relaxed);
+                if let Some(since) = self.down_since.take() {
+                    tracing::warn!(
+                        down_ms = since.elapsed().as_millis() as u64,
+                        rows = n,
+                        "ledger database writable again; held rows written"
+                    );
+                }
+                for w in self.held_flushes.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            Err(e) => self.failed(&e, n),
+        }
+    }
+
+    /// Every sender is gone (the process is stopping): retry held rows for at most
+    /// `shutdown_wait`, then count what is left as dropped.
+    fn drain_held_before_exit(&mut self) {
+        let deadline = Instant::now() + self.retry.shutdown_wait;
+        while !self.held.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(self.next_try.saturating_duration_since(Instant::now()));
+            self.retry_held();
+        }
+        if !self.held.is_empty() {
+            let n = self.held.len() as u64;
+            self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(rows = n, "ledger database still refuses writes; rows lost");
+            self.held.clear();
+        }
     }
 
     fn spool_append(&mut self, batch: &[StoredRow]) {
@@ -637,14 +756,28 @@ impl Engine<'_> {
             (self.backoff * 2).min(self.retry.backoff_max)
         };
         self.next_try = Instant::now() + self.backoff;
-        if self.spool.is_none() {
-            tracing::error!(error = %e, rows, "ledger batch write failed; rows lost");
-        } else if self.down_since.is_none() {
+        if self.down_since.is_none() {
             self.down_since = Some(Instant::now());
-            tracing::error!(
+            if self.spool.is_none() {
+                tracing::error!(
+                    error = %e,
+                    rows,
+                    retry_in_ms = self.backoff.as_millis() as u64,
+                    "ledger batch write failed; holding the rows and retrying"
+                );
+            } else {
+                tracing::error!(
+                    error = %e,
+                    rows,
+                    "ledger database unavailable; spooling rows to disk until it answers"
+                );
+            }
+        } else if self.spool.is_none() {
+            tracing::warn!(
                 error = %e,
                 rows,
-                "ledger database unavailable; spooling rows to disk until it answers"
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "ledger database still refuses writes"
             );
         } else {
             tracing::warn!(

@@ -19,6 +19,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// No attempt starts later than this after the first one did.
     pub deadline: Duration,
+    /// Retry `POST /v1/messages` after a first-byte timeout. Off by default: the request
+    /// reached the upstream, which may still complete (and bill) it, so a retry can pay twice.
+    pub retry_messages_on_first_byte_timeout: bool,
 }
 
 impl Default for RetryPolicy {
@@ -29,6 +32,7 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(250),
             max_backoff: Duration::from_secs(8),
             deadline: Duration::from_secs(30),
+            retry_messages_on_first_byte_timeout: false,
         }
     }
 }

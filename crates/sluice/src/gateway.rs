@@ -417,6 +417,7 @@ async fn serve(
             base: Duration::from_millis(cfg.upstream.retry_base_ms),
             max_backoff: Duration::from_millis(cfg.upstream.retry_max_backoff_ms),
             deadline: Duration::from_millis(cfg.upstream.retry_deadline_ms),
+            retry_messages_on_first_byte_timeout: cfg.upstream.retry_on_first_byte_timeout,
         },
     })?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);

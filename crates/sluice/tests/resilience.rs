@@ -402,3 +402,39 @@ async fn a_full_outage_gets_fast_503s_then_recovers_when_the_upstream_returns() 
     assert_eq!(unavailable.len(), 5);
     assert!(unavailable.iter().all(|r| r.status == 503));
 }
+
+#[tokio::test]
+async fn a_first_byte_timeout_on_messages_is_not_retried_by_default() {
+    // The upstream has the request and may still bill it: a second attempt could pay twice.
+    let env = env_with(opts(
+        "first_byte_timeout_ms = 300\nretry_base_ms = 10\nmax_attempts = 3",
+    ))
+    .await;
+    let r = env
+        .post_messages(&env.web_key, &body("slow-headers"))
+        .header("x-mock-latency-ms", "1500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "timeout_error");
+    assert_eq!(env.mock.stats().messages, 1, "one upstream attempt only");
+}
+
+#[tokio::test]
+async fn a_first_byte_timeout_on_messages_is_retried_when_opted_in() {
+    let env = env_with(opts(
+        "first_byte_timeout_ms = 300\nretry_base_ms = 10\nmax_attempts = 3\n\
+         retry_on_first_byte_timeout = true",
+    ))
+    .await;
+    let r = env
+        .post_messages(&env.web_key, &body("slow-headers-opt-in"))
+        .header("x-mock-latency-ms", "1500")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(env.mock.stats().messages, 3, "max_attempts attempts");
+}
