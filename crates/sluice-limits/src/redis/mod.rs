@@ -13,7 +13,8 @@
 //! # Keys
 //!
 //! A scope is one hash (fields `rl rt il it ol ot`: level in micro-tokens and time of the last
-//! refill, per dimension) expiring a little after it would be full again, so an idle tenant
+//! refill, per dimension; and `cr ct cn cd`, a refused replica's claim on the room it needs,
+//! see `admit.lua`) expiring a little after it would be full again, so an idle tenant
 //! costs no memory and an expired bucket reads as the full one it would be. Everything of a
 //! tenant shares the tenant's hash tag: `{<prefix>:t:<tenant>}` (its own scope),
 //! `{<prefix>:t:<tenant>}:c:<class>` (its scope for a model class),
