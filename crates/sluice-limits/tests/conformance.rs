@@ -885,3 +885,134 @@ async fn differential_random_operations_agree() {
         differential(seed, 1500).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replicas: two limiters (separate estimators and fair queues, as two `sluice serve`
+// processes) sharing one tenant bucket through Redis.
+
+/// A ~1.6 KB chat the estimator puts at about 310 tokens; the upstream (as `sluice mock`,
+/// bytes / 4) charges 440, so each replica's correction learns a factor of about 1.4.
+fn replica_body() -> String {
+    let text =
+        "The quarterly report shows revenue growth in every region; summarise it for the board. "
+            .repeat(18);
+    format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":300,"messages":[{{"role":"user","content":"{text}"}}]}}"#
+    )
+}
+
+/// The issue's scenario on simulated time: a tenant limited to 44,000 input tokens per minute,
+/// calls charged 440 input tokens, offered at 5 per second through each of two replicas (the
+/// second's calls `offset_ms` after the first's) for 150 s, each admitted call settled at
+/// its true usage 200 ms later. Returns the calls each replica admitted after the first
+/// minute, and all calls admitted.
+async fn two_replicas_run(offset_ms: u64) -> ([u64; 2], u64) {
+    use sluice_config::Config;
+    use sluice_limits::limiter::{Backend as LBackend, CallInfo, Limiter, Permit};
+    // The Redis round trips are real I/O: a blocking task held for the run stops the paused
+    // clock from jumping ahead while they are in flight, so only `advance` moves time.
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let pin = tokio::task::spawn_blocking(move || {
+        let _ = held.recv();
+    });
+    let url = redis_url();
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let cfg = Arc::new(
+        Config::from_toml(
+            "[[tenants]]\nname = \"t\"\nlimits = { input_tokens_per_minute = 44000 }\n",
+        )
+        .unwrap(),
+    );
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let b = RedisBackend::connect(RedisOptions {
+            url: url.clone(),
+            prefix: prefix.clone(),
+            timeout: Duration::from_secs(2),
+            fail_mode: FailMode::Closed,
+            fallback_share: 1.0,
+            caller_clock: true,
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !b.is_up() {
+            assert!(std::time::Instant::now() < deadline, "no Redis at {url}");
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        replicas.push(Limiter::new(&cfg, LBackend::Redis(b)).unwrap());
+    }
+    let body = replica_body();
+    let t: Arc<str> = Arc::from("t");
+    let usage = sluice_core::Usage {
+        input_tokens: 440,
+        output_tokens: 50,
+        ..sluice_core::Usage::default()
+    };
+    let mut in_flight: Vec<Permit> = Vec::new();
+    let (mut after_first_minute, mut total) = ([0u64; 2], 0u64);
+    let step = 200u64;
+    for tick in 0..150_000 / step {
+        // Last tick's calls end now.
+        for p in in_flight.drain(..) {
+            p.settle(&usage, None);
+        }
+        for (i, l) in replicas.iter().enumerate() {
+            let at = if i == 0 { 0 } else { offset_ms };
+            let gap = if i == 0 { offset_ms } else { step - offset_ms };
+            for r in &replicas {
+                let LBackend::Redis(b) = r.backend() else {
+                    unreachable!()
+                };
+                assert!(b.flush(Duration::from_secs(5)).await, "settlement applied");
+            }
+            let info = CallInfo {
+                tenant: &t,
+                model: "claude-sonnet-4-5",
+                max_tokens: 300,
+                body: body.as_bytes(),
+                unix_ms: 1_700_000_000_000,
+            };
+            if let Ok(p) = l.acquire(&cfg, info).await {
+                total += 1;
+                if tick * step + at >= 60_000 {
+                    after_first_minute[i] += 1;
+                }
+                in_flight.push(p);
+            }
+            tokio::time::advance(Duration::from_millis(gap)).await;
+        }
+    }
+    drop(hold);
+    pin.await.unwrap();
+    (after_first_minute, total)
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_replicas_get_fair_shares_of_one_tenant_bucket() {
+    for offset_ms in [0, 10, 100] {
+        let (per, total) = two_replicas_run(offset_ms).await;
+        let late = per[0] + per[1];
+        eprintln!("offset {offset_ms} ms: after the first minute {per:?}; {total} in all");
+        // Within +1% of the limit: 44,000 at the start and 44,000 per minute, at 440 a call.
+        let allowed = (44_000.0 + 44_000.0 * 150.0 / 60.0) / 440.0;
+        assert!(
+            total as f64 <= allowed * 1.01,
+            "offset {offset_ms}: {total} calls admitted, {allowed} allowed"
+        );
+        assert!(
+            total as f64 >= allowed * 0.95,
+            "offset {offset_ms}: {total}"
+        );
+        for n in per {
+            let share = n as f64 / late as f64;
+            assert!(
+                (0.4..=0.6).contains(&share),
+                "offset {offset_ms} ms: replicas admitted {per:?} after the first minute"
+            );
+        }
+    }
+}

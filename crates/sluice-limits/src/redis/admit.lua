@@ -4,7 +4,8 @@
 -- KEYS: one hash per scope, then (with a budget) the day and month spend counters.
 -- ARGV: now_us ('' = Redis TIME), n_scopes, demand (requests, input, output), has_budget,
 --       cost, daily limit, monthly limit (-1 = none), day TTL ms, month TTL ms, then per
---       scope: keep_free_ppm and (per_minute, burst) x 3 (-1 = not limited).
+--       scope: keep_free_ppm and (per_minute, burst) x 3 (-1 = not limited), then the
+--       replica's id and the claim grace (µs).
 -- Returns: status (0 admitted, 1 wait, 2 never fits, 3 budget), three details (wait: scope,
 --       dimension, µs or -1; never fits: scope, dimension, 0; budget: period 0 day / 1 month,
 --       limit, spent), day and month spent after (-1 without a budget), the time used, then
@@ -25,6 +26,7 @@ for s = 1, n do
   rates, i = parse_rates(i + 1)
   scopes[s], stales[s] = load_scope(KEYS[s], rates, now)
 end
+local replica, grace = ARGV[i], tonumber(ARGV[i + 1])
 
 local status, d1, d2, d3 = 0, 0, 0, 0
 
@@ -79,6 +81,44 @@ else
     end
     if status == 2 then
       break
+    end
+  end
+  -- Claims: a replica refused for want of room claims the room it needed in that scope
+  -- until its wait is over plus a grace (its next try), and another replica's call is
+  -- admitted meanwhile only if it leaves that room. Without this, first come at the moment
+  -- the bucket refills wins: with periodic clients, the replica whose calls arrive just after
+  -- that moment wins every time and the other none (docs/rate-limiting.md, "Replicas").
+  local claims = {}
+  for s = 1, n do
+    claims[s] = redis.call('HMGET', KEYS[s], 'cr', 'ct', 'cn', 'cd')
+  end
+  if status == 0 then
+    for s = 1, n do
+      local c = claims[s]
+      local cd = tonumber(c[4])
+      if c[1] and c[1] ~= replica and tonumber(c[2]) > now and cd and demand[cd] > 0 then
+        local b = scopes[s][cd]
+        if b then
+          local floor = fdiv(b.burst * keeps[s], 1000000)
+          local w = math.min(wait_us(b, demand[cd] + floor + tonumber(c[3])), tonumber(c[2]) - now)
+          if w > 0 and (status ~= 1 or w > worst_w) then
+            status, d1, d2, worst_w = 1, s - 1, cd - 1, w
+          end
+        end
+      end
+    end
+    if status == 0 then
+      for s = 1, n do
+        if claims[s][1] == replica then
+          redis.call('HDEL', KEYS[s], 'cr', 'ct', 'cn', 'cd')
+        end
+      end
+    end
+  elseif status == 1 and worst_w ~= INF then
+    local c = claims[d1 + 1]
+    if not c[1] or c[1] == replica or tonumber(c[2]) <= now then
+      redis.call('HSET', KEYS[d1 + 1], 'cr', replica, 'ct', int(now + worst_w + grace),
+        'cn', int(demand[d2 + 1]), 'cd', d2 + 1)
     end
   end
   if status == 1 then

@@ -13,7 +13,8 @@
 //! # Keys
 //!
 //! A scope is one hash (fields `rl rt il it ol ot`: level in micro-tokens and time of the last
-//! refill, per dimension) expiring a little after it would be full again, so an idle tenant
+//! refill, per dimension; and `cr ct cn cd`, a refused replica's claim on the room it needs,
+//! see `admit.lua`) expiring a little after it would be full again, so an idle tenant
 //! costs no memory and an expired bucket reads as the full one it would be. Everything of a
 //! tenant shares the tenant's hash tag: `{<prefix>:t:<tenant>}` (its own scope),
 //! `{<prefix>:t:<tenant>}:c:<class>` (its scope for a model class),
@@ -71,6 +72,10 @@ pub const MAX_TOKENS: u64 = 1_000_000_000;
 /// Largest cost or budget (micro-dollars, about 4.5 billion dollars) sent to Redis.
 pub const MAX_MICROS: u64 = 1 << 52;
 
+/// How long past its wait a replica's claim on the room it was refused lasts (see
+/// `admit.lua`): long enough for a client's or a waiting call's next try, short enough that a
+/// claimant that went away leaves that room idle only briefly.
+const CLAIM_GRACE: Duration = Duration::from_millis(250);
 /// How often a replica whose Redis is down tries again.
 const RETRY_EVERY: Duration = Duration::from_millis(250);
 /// Jobs (settlements, observations, seeds) queued to the background task at most.
@@ -183,6 +188,8 @@ struct Shared {
     local: LocalBackend,
     /// The latest local time seen (µs, the caller's clock), for fallback calls without one.
     local_now: AtomicU64,
+    /// This replica's name in admission claims: unique per backend, never a secret.
+    replica: Box<str>,
     scripts: Scripts,
     fallbacks: AtomicU64,
     errors: AtomicU64,
@@ -300,6 +307,7 @@ impl RedisBackend {
             wake: Notify::new(),
             local: LocalBackend::new(),
             local_now: AtomicU64::new(0),
+            replica: replica_id(),
             fallbacks: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             outages: AtomicU64::new(0),
@@ -408,6 +416,8 @@ impl RedisBackend {
             inv.arg(s.keep_free_ppm.min(1_000_000));
             push_rates(&mut inv, &s.rates);
         }
+        inv.arg(&*sh.replica)
+            .arg(u64::try_from(CLAIM_GRACE.as_micros()).unwrap_or(u64::MAX));
         let mut conn = live.conn.clone();
         let raw: Vec<i64> = inv.invoke_async(&mut conn).await?;
         let (outcome, spent) = parse_admit(&raw, req.scopes.len())?;
@@ -975,6 +985,16 @@ fn add_job(sh: &Shared, pipe: &mut ::redis::Pipeline, j: &Job) {
             pipe.cmd("PING");
         }
     }
+}
+
+/// A name for this backend that no other replica (process or backend) is likely to share.
+fn replica_id() -> Box<str> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{nanos:x}-{n}", std::process::id()).into()
 }
 
 fn now_arg(opts: &RedisOptions, local_now_us: Option<u64>) -> String {
