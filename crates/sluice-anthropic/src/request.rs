@@ -12,6 +12,11 @@ use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::marker::PhantomData;
 use std::ops::Range;
 
+/// Longest `model` accepted, in bytes. Model ids are a few dozen bytes; the value keys the
+/// gateway's per-model state (the limiter's estimators, its class memo) and appears in logs and
+/// ledger rows, so a client-chosen string of any length would only cost memory.
+pub const MAX_MODEL_LEN: usize = 256;
+
 /// Why a request body was refused before it reached the upstream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -70,8 +75,9 @@ pub struct Spans {
 /// 2. the value is an object, else [`WireError::NotAnObject`];
 /// 3. none of `model`, `max_tokens`, `stream` appears twice, else [`WireError::InvalidField`];
 /// 4. `model` is present and not `null`, else [`WireError::MissingModel`];
-/// 5. `model` is a non-empty string, `max_tokens` (if present and not `null`) is an integer in
-///    `0..=u64::MAX`, `stream` (if present and not `null`) is a boolean, else
+/// 5. `model` is a non-empty string of at most [`MAX_MODEL_LEN`] bytes, all printable ASCII
+///    (`0x20..=0x7e`, after JSON unescaping), `max_tokens` (if present and not `null`) is an
+///    integer in `0..=u64::MAX`, `stream` (if present and not `null`) is a boolean, else
 ///    [`WireError::InvalidField`].
 ///
 /// The only allocation on success is the returned model string (plus serde_json's scratch buffer
@@ -99,6 +105,17 @@ pub fn parse_message_request(body: &[u8]) -> Result<MessageRequest, WireError> {
     let model = match fields.model {
         None | Some(Val::Null) => return Err(WireError::MissingModel),
         Some(Val::Str(s)) if s.is_empty() => return Err(invalid("model", "must not be empty")),
+        Some(Val::Str(s)) if s.len() > MAX_MODEL_LEN => {
+            return Err(invalid(
+                "model",
+                &format!("must be at most {MAX_MODEL_LEN} bytes"),
+            ));
+        }
+        // Every model id is ASCII; a control byte or a non-ASCII name is junk that would
+        // otherwise reach logs, metrics and the estimators' maps as it is.
+        Some(Val::Str(s)) if !s.bytes().all(is_model_byte) => {
+            return Err(invalid("model", "must be printable ASCII"));
+        }
         Some(Val::Str(s)) => {
             if let Cow::Borrowed(b) = &s {
                 model_span = Some((b.as_ptr() as usize, b.len()));
@@ -201,6 +218,11 @@ pub fn with_model(body: &[u8], req: &MessageRequest, model: &str) -> Option<Vec<
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), serde_json::Value::String(model.to_owned()));
     serde_json::to_vec(&v).ok()
+}
+
+/// Printable ASCII: what a model id may hold.
+fn is_model_byte(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b)
 }
 
 fn invalid(field: &'static str, reason: &str) -> WireError {
@@ -614,6 +636,33 @@ mod tests {
             WireError::MissingModel
         );
         assert_eq!(err(br#"{"model":""}"#), field("model", "must not be empty"));
+        // Bounded: a model id keys per-model state, so junk of any length or bytes is refused.
+        let at_limit = "m".repeat(MAX_MODEL_LEN);
+        assert_eq!(ok(&format!(r#"{{"model":"{at_limit}"}}"#)).model, at_limit);
+        assert_eq!(
+            err(format!(r#"{{"model":"{at_limit}x"}}"#).as_bytes()),
+            field("model", "must be at most 256 bytes")
+        );
+        // Measured after unescaping: six bytes of `\u0041` are one byte of model.
+        let escaped = "\\u0041".repeat(MAX_MODEL_LEN);
+        assert_eq!(
+            ok(&format!(r#"{{"model":"{escaped}"}}"#)).model.len(),
+            MAX_MODEL_LEN
+        );
+        for junk in [
+            r#""a\nb""#,
+            r#""a\u0000""#,
+            r#""caf\u00e9""#,
+            "\"café\"",
+            r#""\u007f""#,
+        ] {
+            assert_eq!(
+                err(format!(r#"{{"model":{junk}}}"#).as_bytes()),
+                field("model", "must be printable ASCII"),
+                "{junk}"
+            );
+        }
+        assert_eq!(ok(r#"{"model":"claude 4 ~ x"}"#).model, "claude 4 ~ x");
         assert_eq!(
             err(br#"{"model":42}"#),
             field("model", "must be a string, not a number")
