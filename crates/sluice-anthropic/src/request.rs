@@ -8,7 +8,6 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -175,30 +174,33 @@ const CACHE_MARKER: &[u8] = b"\"cache_control\"";
 /// a top-level `cache_control`), the conversation's first message is added, so one
 /// conversation keeps to one member. A body without any breakpoint has no key: nothing of it is
 /// cached, and it is spread by weight.
+///
+/// The key is XXH3-64 (seed 0) of the model, a `0xff` byte, then the parts above separated by
+/// `0xff`: a fixed, published algorithm, so every replica, whatever it was built with, sends a
+/// prefix to the same member (pinned by a test vector).
 pub fn cache_affinity_key(body: &[u8], req: &MessageRequest) -> Option<u64> {
     let part = |r: &Option<Range<usize>>| r.clone().and_then(|r| body.get(r)).unwrap_or(&[]);
     let (tools, system) = (part(&req.spans.tools), part(&req.spans.system));
     let rfind = |h: &[u8]| memchr::memmem::rfind(h, CACHE_MARKER);
-    // Fixed SipHash keys: every replica routes a prefix alike.
-    let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
-    h.write(req.model.as_bytes());
-    h.write_u8(0xff);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(req.model.as_bytes());
+    h.update(&[0xff]);
     if let Some(pos) = rfind(system) {
-        h.write(tools);
-        h.write_u8(0xff);
-        h.write(&system[..pos]);
+        h.update(tools);
+        h.update(&[0xff]);
+        h.update(&system[..pos]);
     } else if let Some(pos) = rfind(tools) {
-        h.write(&tools[..pos]);
+        h.update(&tools[..pos]);
     } else if req.spans.cache_control || memchr::memmem::find(body, CACHE_MARKER).is_some() {
-        h.write(tools);
-        h.write_u8(0xff);
-        h.write(system);
-        h.write_u8(0xff);
-        h.write(part(&req.spans.first_message));
+        h.update(tools);
+        h.update(&[0xff]);
+        h.update(system);
+        h.update(&[0xff]);
+        h.update(part(&req.spans.first_message));
     } else {
         return None;
     }
-    Some(h.finish())
+    Some(h.digest())
 }
 
 /// `body` with its `model` replaced by `model` (a fallback step to another model). The bytes
@@ -803,6 +805,22 @@ mod tests {
         assert!(
             key(r#"{"model":"m","cache_control":{"type":"ephemeral"},"messages":[]}"#).is_some()
         );
+    }
+
+    #[test]
+    fn affinity_key_is_xxh3_64_of_a_fixed_layout() {
+        // Published XXH3-64 vectors (seed 0): a dependency bump or a hasher swap that changes
+        // the algorithm fails here, before two replicas disagree in production.
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06_8005_38d3_94c2);
+        // The layout: model, 0xff, then the system prefix before its last breakpoint.
+        let body = r#"{"model":"m","system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]}"#;
+        let sys = r#"[{"type":"text","text":"s","#;
+        let mut bytes = b"m\xff".to_vec();
+        bytes.extend_from_slice(b"\xff");
+        bytes.extend_from_slice(sys.as_bytes());
+        let want = xxhash_rust::xxh3::xxh3_64(&bytes);
+        assert_eq!(key(body), Some(want));
+        assert_eq!(key(body), Some(0x1086_3dab_bba9_18e6));
     }
 
     #[test]
