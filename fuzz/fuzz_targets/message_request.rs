@@ -5,14 +5,15 @@
 //! JSON grammar: nesting deeper than serde_json's recursion limit of 128, lone UTF-16 surrogate
 //! escapes (`"\ud800"`) and numbers beyond `f64` (`1e400`). serde_json checks skipped values
 //! for syntax only, without building them. A repeated `model`, `max_tokens` or `stream` key is
-//! refused, which `Value` (last key wins) cannot show.
+//! refused, which `Value` (last key wins) cannot show. A `model` longer than `MAX_MODEL_LEN`
+//! bytes or holding anything but printable ASCII is `InvalidField("model")`.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use sluice_anthropic::{
-    MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,
+    MAX_MODEL_LEN, MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,
     parse_message_response, with_model,
 };
 
@@ -28,6 +29,12 @@ fn expected(v: &Value) -> Result<MessageRequest, WireError> {
     let model = match obj.get("model") {
         None | Some(Value::Null) => return Err(WireError::MissingModel),
         Some(Value::String(s)) if s.is_empty() => return Err(invalid("model")),
+        // Bounded at parse: at most MAX_MODEL_LEN bytes of printable ASCII, after unescaping.
+        Some(Value::String(s))
+            if s.len() > MAX_MODEL_LEN || !s.bytes().all(|b| (b' '..=b'~').contains(&b)) =>
+        {
+            return Err(invalid("model"));
+        }
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(invalid("model")),
     };

@@ -11,7 +11,8 @@ mod wire;
 
 pub use error::{error_body, error_type, sse_error_event};
 pub use request::{
-    MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request, with_model,
+    MAX_MODEL_LEN, MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,
+    with_model,
 };
 pub use response::{MessageSummary, parse_message_response};
 pub use sse::{SseTap, StreamError, StreamSummary};

@@ -8,9 +8,13 @@ use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAcces
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher, Hasher};
 use std::marker::PhantomData;
 use std::ops::Range;
+
+/// Longest `model` accepted, in bytes. Model ids are a few dozen bytes; the value keys the
+/// gateway's per-model state (the limiter's estimators, its class memo) and appears in logs and
+/// ledger rows, so a client-chosen string of any length would only cost memory.
+pub const MAX_MODEL_LEN: usize = 256;
 
 /// Why a request body was refused before it reached the upstream.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,8 +74,9 @@ pub struct Spans {
 /// 2. the value is an object, else [`WireError::NotAnObject`];
 /// 3. none of `model`, `max_tokens`, `stream` appears twice, else [`WireError::InvalidField`];
 /// 4. `model` is present and not `null`, else [`WireError::MissingModel`];
-/// 5. `model` is a non-empty string, `max_tokens` (if present and not `null`) is an integer in
-///    `0..=u64::MAX`, `stream` (if present and not `null`) is a boolean, else
+/// 5. `model` is a non-empty string of at most [`MAX_MODEL_LEN`] bytes, all printable ASCII
+///    (`0x20..=0x7e`, after JSON unescaping), `max_tokens` (if present and not `null`) is an
+///    integer in `0..=u64::MAX`, `stream` (if present and not `null`) is a boolean, else
 ///    [`WireError::InvalidField`].
 ///
 /// The only allocation on success is the returned model string (plus serde_json's scratch buffer
@@ -99,6 +104,17 @@ pub fn parse_message_request(body: &[u8]) -> Result<MessageRequest, WireError> {
     let model = match fields.model {
         None | Some(Val::Null) => return Err(WireError::MissingModel),
         Some(Val::Str(s)) if s.is_empty() => return Err(invalid("model", "must not be empty")),
+        Some(Val::Str(s)) if s.len() > MAX_MODEL_LEN => {
+            return Err(invalid(
+                "model",
+                &format!("must be at most {MAX_MODEL_LEN} bytes"),
+            ));
+        }
+        // Every model id is ASCII; a control byte or a non-ASCII name is junk that would
+        // otherwise reach logs, metrics and the estimators' maps as it is.
+        Some(Val::Str(s)) if !s.bytes().all(is_model_byte) => {
+            return Err(invalid("model", "must be printable ASCII"));
+        }
         Some(Val::Str(s)) => {
             if let Cow::Borrowed(b) = &s {
                 model_span = Some((b.as_ptr() as usize, b.len()));
@@ -158,30 +174,33 @@ const CACHE_MARKER: &[u8] = b"\"cache_control\"";
 /// a top-level `cache_control`), the conversation's first message is added, so one
 /// conversation keeps to one member. A body without any breakpoint has no key: nothing of it is
 /// cached, and it is spread by weight.
+///
+/// The key is XXH3-64 (seed 0) of the model, a `0xff` byte, then the parts above separated by
+/// `0xff`: a fixed, published algorithm, so every replica, whatever it was built with, sends a
+/// prefix to the same member (pinned by a test vector).
 pub fn cache_affinity_key(body: &[u8], req: &MessageRequest) -> Option<u64> {
     let part = |r: &Option<Range<usize>>| r.clone().and_then(|r| body.get(r)).unwrap_or(&[]);
     let (tools, system) = (part(&req.spans.tools), part(&req.spans.system));
     let rfind = |h: &[u8]| memchr::memmem::rfind(h, CACHE_MARKER);
-    // Fixed SipHash keys: every replica routes a prefix alike.
-    let mut h = BuildHasherDefault::<DefaultHasher>::default().build_hasher();
-    h.write(req.model.as_bytes());
-    h.write_u8(0xff);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(req.model.as_bytes());
+    h.update(&[0xff]);
     if let Some(pos) = rfind(system) {
-        h.write(tools);
-        h.write_u8(0xff);
-        h.write(&system[..pos]);
+        h.update(tools);
+        h.update(&[0xff]);
+        h.update(&system[..pos]);
     } else if let Some(pos) = rfind(tools) {
-        h.write(&tools[..pos]);
+        h.update(&tools[..pos]);
     } else if req.spans.cache_control || memchr::memmem::find(body, CACHE_MARKER).is_some() {
-        h.write(tools);
-        h.write_u8(0xff);
-        h.write(system);
-        h.write_u8(0xff);
-        h.write(part(&req.spans.first_message));
+        h.update(tools);
+        h.update(&[0xff]);
+        h.update(system);
+        h.update(&[0xff]);
+        h.update(part(&req.spans.first_message));
     } else {
         return None;
     }
-    Some(h.finish())
+    Some(h.digest())
 }
 
 /// `body` with its `model` replaced by `model` (a fallback step to another model). The bytes
@@ -201,6 +220,11 @@ pub fn with_model(body: &[u8], req: &MessageRequest, model: &str) -> Option<Vec<
     let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     v.insert("model".into(), serde_json::Value::String(model.to_owned()));
     serde_json::to_vec(&v).ok()
+}
+
+/// Printable ASCII: what a model id may hold.
+fn is_model_byte(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b)
 }
 
 fn invalid(field: &'static str, reason: &str) -> WireError {
@@ -614,6 +638,33 @@ mod tests {
             WireError::MissingModel
         );
         assert_eq!(err(br#"{"model":""}"#), field("model", "must not be empty"));
+        // Bounded: a model id keys per-model state, so junk of any length or bytes is refused.
+        let at_limit = "m".repeat(MAX_MODEL_LEN);
+        assert_eq!(ok(&format!(r#"{{"model":"{at_limit}"}}"#)).model, at_limit);
+        assert_eq!(
+            err(format!(r#"{{"model":"{at_limit}x"}}"#).as_bytes()),
+            field("model", "must be at most 256 bytes")
+        );
+        // Measured after unescaping: six bytes of `\u0041` are one byte of model.
+        let escaped = "\\u0041".repeat(MAX_MODEL_LEN);
+        assert_eq!(
+            ok(&format!(r#"{{"model":"{escaped}"}}"#)).model.len(),
+            MAX_MODEL_LEN
+        );
+        for junk in [
+            r#""a\nb""#,
+            r#""a\u0000""#,
+            r#""caf\u00e9""#,
+            "\"café\"",
+            r#""\u007f""#,
+        ] {
+            assert_eq!(
+                err(format!(r#"{{"model":{junk}}}"#).as_bytes()),
+                field("model", "must be printable ASCII"),
+                "{junk}"
+            );
+        }
+        assert_eq!(ok(r#"{"model":"claude 4 ~ x"}"#).model, "claude 4 ~ x");
         assert_eq!(
             err(br#"{"model":42}"#),
             field("model", "must be a string, not a number")
@@ -754,6 +805,22 @@ mod tests {
         assert!(
             key(r#"{"model":"m","cache_control":{"type":"ephemeral"},"messages":[]}"#).is_some()
         );
+    }
+
+    #[test]
+    fn affinity_key_is_xxh3_64_of_a_fixed_layout() {
+        // Published XXH3-64 vectors (seed 0): a dependency bump or a hasher swap that changes
+        // the algorithm fails here, before two replicas disagree in production.
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(b""), 0x2d06_8005_38d3_94c2);
+        // The layout: model, 0xff, then the system prefix before its last breakpoint.
+        let body = r#"{"model":"m","system":[{"type":"text","text":"s","cache_control":{"type":"ephemeral"}}]}"#;
+        let sys = r#"[{"type":"text","text":"s","#;
+        let mut bytes = b"m\xff".to_vec();
+        bytes.extend_from_slice(b"\xff");
+        bytes.extend_from_slice(sys.as_bytes());
+        let want = xxhash_rust::xxh3::xxh3_64(&bytes);
+        assert_eq!(key(body), Some(want));
+        assert_eq!(key(body), Some(0x1086_3dab_bba9_18e6));
     }
 
     #[test]

@@ -79,15 +79,15 @@ pub struct Policy {
     /// (which outlive any one policy), looked up once per snapshot instead of once per call.
     queues: Vec<Arc<FairQueue>>,
     /// Models seen under this policy: their class index and their name as a shared string
-    /// (see [`Policy::model_info`]).
-    models: Mutex<HashMap<Box<str>, ModelInfo>>,
+    /// (see [`Policy::model_info`]). Keyed by the client's string, so bounded with a
+    /// scan-resistant eviction: junk names seen once do not push out the models in use.
+    models: quick_cache::sync::Cache<Box<str>, ModelInfo>,
 }
 
 /// A model's class index and its name as a shared string.
 type ModelInfo = (usize, Arc<str>);
 
-/// Most models [`Policy::model_info`] remembers (a client sending ever new names gets them
-/// matched per call instead of growing the map).
+/// Most models [`Policy::model_info`] remembers (past it, one is forgotten to make room).
 const MODELS_REMEMBERED: usize = 1024;
 
 impl Policy {
@@ -224,7 +224,7 @@ impl Policy {
             cache_ttl_us: cfg.limits.cache_ttl_secs.saturating_mul(1_000_000),
             cache_reads_count,
             queues: Vec::new(),
-            models: Mutex::new(HashMap::new()),
+            models: quick_cache::sync::Cache::new(MODELS_REMEMBERED),
         })
     }
 
@@ -253,15 +253,12 @@ impl Policy {
     /// name showed in the profile of every limited call, and a service uses a handful of
     /// models.
     fn model_info(&self, model: &str) -> (usize, Arc<str>) {
-        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((i, name)) = m.get(model) {
-            return (*i, name.clone());
+        if let Some(info) = self.models.get(model) {
+            return info;
         }
         let i = self.class_index(model);
         let name: Arc<str> = Arc::from(model);
-        if m.len() < MODELS_REMEMBERED {
-            m.insert(Box::from(model), (i, name.clone()));
-        }
+        self.models.insert(Box::from(model), (i, name.clone()));
         (i, name)
     }
 
@@ -361,13 +358,14 @@ struct Inner {
     queues: Mutex<HashMap<Arc<str>, Arc<FairQueue>>>,
     correction: Correction,
     outputs: OutputEstimator,
-    /// Cacheable prefixes seen recently: hash → last use (µs on `origin`).
-    prefixes: Mutex<HashMap<u64, u64>>,
+    /// Cacheable prefixes seen recently: hash → last use (µs on `origin`). Bounded with a
+    /// scan-resistant eviction, so a burst of one-off prefixes does not forget the ones
+    /// conversations keep reading (a forgotten one only makes an estimate conservative).
+    prefixes: quick_cache::sync::Cache<u64, u64>,
     stats: LimiterStats,
 }
 
-/// Most prefixes remembered; past this, expired ones are swept (and if none has expired, the
-/// map is cleared: a missed cache-read prediction only makes one estimate conservative).
+/// Most prefixes remembered.
 const PREFIX_CAP: usize = 100_000;
 
 /// How often an org pool takes the upstream's `*-remaining` headers into account.
@@ -685,7 +683,7 @@ impl Limiter {
                 l.output_window,
                 l.output_cold_default,
             ),
-            prefixes: Mutex::new(HashMap::new()),
+            prefixes: quick_cache::sync::Cache::new(PREFIX_CAP),
             stats: LimiterStats::default(),
         })))
     }
@@ -781,29 +779,14 @@ impl Limiter {
     }
 
     fn remember_prefix(&self, hash: u64, now_us: u64) {
-        let mut m = self
-            .0
-            .prefixes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if m.len() >= PREFIX_CAP && !m.contains_key(&hash) {
-            let ttl = self.0.policy.load().policy.cache_ttl_us;
-            m.retain(|_, seen| now_us.saturating_sub(*seen) < ttl);
-            if m.len() >= PREFIX_CAP {
-                m.clear();
-            }
-        }
-        m.insert(hash, now_us);
+        self.0.prefixes.insert(hash, now_us);
     }
 
     fn prefix_is_cached(&self, hash: u64, now_us: u64, ttl_us: u64) -> bool {
-        let m = self
-            .0
+        self.0
             .prefixes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        m.get(&hash)
-            .is_some_and(|seen| now_us.saturating_sub(*seen) < ttl_us)
+            .get(&hash)
+            .is_some_and(|seen| now_us.saturating_sub(seen) < ttl_us)
     }
 
     /// Seed a tenant's spend (from the ledger at startup).
@@ -921,7 +904,7 @@ impl Limiter {
             });
         }
         let est = estimate_input(call.body);
-        let correction = self.0.correction.slot(&model);
+        let correction = Some(self.0.correction.slot(&model));
         let corrected = correction
             .as_ref()
             .map_or(est.total, |c| c.apply(est.total));
@@ -1411,7 +1394,7 @@ mod tests {
                 assert_eq!(&*name, model);
             }
         }
-        assert_eq!(p.models.lock().unwrap().len(), MODELS_REMEMBERED);
+        assert!(p.models.len() <= MODELS_REMEMBERED, "{}", p.models.len());
         assert_eq!(p.model_info("claude-sonnet-4-5").0, i);
     }
 }

@@ -1,6 +1,6 @@
 //! A per-model multiplier learned from the upstream's reported usage.
 
-use foldhash::{HashMap, HashMapExt as _};
+use quick_cache::sync::Cache;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -19,7 +19,9 @@ pub struct CorrectionConfig {
     /// (before weighting), so one odd request (a huge cache read the estimate could not see,
     /// a truncated body) does not swing the factor.
     pub max_step: f64,
-    /// Most models tracked; observations of further models are ignored.
+    /// Most models tracked. Past it one is forgotten to make room, chosen by a scan-resistant
+    /// policy (CLOCK-Pro-like): a flood of names seen once (junk `model` values) churns among
+    /// themselves and does not push out the models calls keep using.
     pub max_models: usize,
 }
 
@@ -69,7 +71,9 @@ impl CorrectionSlot {
 #[derive(Debug)]
 pub struct Correction {
     cfg: CorrectionConfig,
-    models: Mutex<HashMap<Box<str>, Arc<CorrectionSlot>>>,
+    /// Keyed by a client-chosen string, so bounded with eviction; a slot a call holds
+    /// outlives its eviction (the call's lesson then goes to a slot nobody looks up).
+    models: Cache<Box<str>, Arc<CorrectionSlot>>,
 }
 
 impl Default for Correction {
@@ -88,27 +92,34 @@ impl Correction {
     pub fn with_config(cfg: CorrectionConfig) -> Correction {
         Correction {
             cfg,
-            models: Mutex::new(HashMap::new()),
+            models: Cache::new(cfg.max_models.max(1)),
         }
     }
 
-    /// The slot of `model`, made (factor 1.0) on its first call; `None` once
-    /// [`CorrectionConfig::max_models`] other models are known (those calls go uncorrected).
-    pub fn slot(&self, model: &str) -> Option<Arc<CorrectionSlot>> {
-        let mut m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = m.get(model) {
-            return Some(s.clone());
+    /// The slot of `model`, made (factor 1.0) on its first call (or its first since it was
+    /// forgotten, see [`CorrectionConfig::max_models`]).
+    pub fn slot(&self, model: &str) -> Arc<CorrectionSlot> {
+        if let Some(s) = self.models.get(model) {
+            return s;
         }
-        if m.len() >= self.cfg.max_models {
-            return None;
-        }
-        // The only allocation: a model's first call.
+        // The only allocation: a model's first call. Two first calls racing may each make
+        // one; the later insert wins and the other call's lesson is lost, which is harmless.
         let s = Arc::new(CorrectionSlot {
             state: Mutex::new(State::default()),
             factor: AtomicU64::new(1.0f64.to_bits()),
         });
-        m.insert(Box::from(model), s.clone());
-        Some(s)
+        self.models.insert(Box::from(model), s.clone());
+        s
+    }
+
+    /// Models tracked now (at most about [`CorrectionConfig::max_models`]).
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Whether no model is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
     }
 
     /// Learn from one call: `estimated` is the raw [`crate::estimate::InputEstimate::total`]
@@ -118,9 +129,7 @@ impl Correction {
         if estimated == 0 || actual == 0 {
             return;
         }
-        if let Some(s) = self.slot(model) {
-            self.learn(&s, estimated, actual);
-        }
+        self.learn(&self.slot(model), estimated, actual);
     }
 
     /// [`Correction::observe`], into the slot the call was corrected with.
@@ -150,8 +159,7 @@ impl Correction {
 
     /// The multiplier currently applied to `model`'s raw estimates (1.0 until warmed up).
     pub fn factor(&self, model: &str) -> f64 {
-        let m = self.models.lock().unwrap_or_else(PoisonError::into_inner);
-        m.get(model).map_or(1.0, |s| s.factor())
+        self.models.peek(model).map_or(1.0, |s| s.factor())
     }
 
     /// `raw` corrected for `model`, rounded.
@@ -200,7 +208,7 @@ mod tests {
     #[test]
     fn a_kept_slot_learns_what_a_lookup_sees() {
         let c = Correction::new();
-        let s = c.slot("m").unwrap();
+        let s = c.slot("m");
         assert_eq!(s.apply(1000), 1000);
         for _ in 0..40 {
             c.learn(&s, 100, 150);
@@ -253,7 +261,33 @@ mod tests {
         c.observe("a", 10, 20);
         c.observe("b", 10, 20);
         c.observe("c", 10, 20);
-        assert!(c.factor("a") > 1.5);
-        assert_eq!(c.factor("c"), 1.0);
+        assert!(c.len() <= 2, "{}", c.len());
+        assert!(
+            c.factor("c") > 1.5,
+            "the newest model is learned, not ignored"
+        );
+    }
+
+    #[test]
+    fn junk_names_do_not_stop_a_real_model_from_learning() {
+        let c = Correction::new();
+        let cap = CorrectionConfig::default().max_models;
+        // One tenant sends 10,000 distinct junk names, with a real model's calls among them.
+        for i in 0..10_000 {
+            c.observe(&format!("junk-{i}"), 1000, 1000);
+            if i % 10 == 0 {
+                c.observe("claude-real", 1000, 1600);
+            }
+            assert!(c.len() <= cap, "{} > {cap}", c.len());
+        }
+        let f = c.factor("claude-real");
+        assert!((f - 1.6).abs() < 0.05, "the real model learned {f}");
+        // A model first seen after the flood learns too.
+        for _ in 0..40 {
+            c.observe("claude-new", 1000, 700);
+        }
+        let f = c.factor("claude-new");
+        assert!((f - 0.7).abs() < 0.05, "a new model learned {f}");
+        assert!(c.len() <= cap);
     }
 }
