@@ -3,12 +3,14 @@
 //! JSON replies, an incremental SSE usage tap that is correct under arbitrary chunk splits, and
 //! the upstream's error shape.
 
+pub mod content;
 pub mod error;
 pub mod request;
 pub mod response;
 pub mod sse;
 mod wire;
 
+pub use content::ContentBytes;
 pub use error::{error_body, error_type, sse_error_event};
 pub use request::{
     MAX_MODEL_LEN, MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,

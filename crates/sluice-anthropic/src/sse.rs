@@ -15,7 +15,7 @@
 //!
 //! Every streamed byte passes through here, so the tap copies only what it will read: line ends
 //! are found with `memchr`, complete lines are handled in place, and the data of events other than
-//! `message_start`, `message_delta`, `message_stop` and `error` (text deltas, pings, …) is skipped
+//! `message_start`, `message_delta`, `message_stop` and `error` (pings, block starts, …) is skipped
 //! without being copied once the `event:` line has named them. The upstream always sends the
 //! `event:` line first; an event without one is kept and judged by its JSON `type` at dispatch
 //! (a prefix check, so an unnamed delta is not parsed).
@@ -24,12 +24,20 @@
 //! (1 MiB by default, see [`SseTap::with_line_limit`]). An event that overflows is counted but
 //! not interpreted.
 //!
+//! # Content
+//!
+//! The data of `content_block_delta` events is not copied either: a small counter
+//! ([`crate::content`]) reads the bytes of its text, thinking, tool-input JSON and signature
+//! strings as the lines pass, so that a stream which ends before its final usage can still be
+//! charged for the output it showed ([`StreamSummary::charged_usage`]).
+//!
 //! # Known limit
 //!
 //! Data skipped for an event named, say, `ping` cannot be recovered if a later `event:` line of
 //! the same event renames it to one the tap reads; such an event is counted but not interpreted.
 //! Upstream never repeats `event:` within an event.
 
+use crate::content::{ContentBytes, DeltaScan, count_event};
 use crate::wire::{Text, WireUsage, starts_as_object};
 use memchr::{memchr, memchr2};
 use serde::Deserialize;
@@ -63,6 +71,28 @@ pub struct StreamSummary {
     pub error: Option<StreamError>,
     /// Number of complete events seen.
     pub events: u64,
+    /// Content of the `content_block_delta` events seen, for the output estimate.
+    pub content: ContentBytes,
+    /// A `message_delta` with a stop reason carried `output_tokens`: the message's final count.
+    pub final_usage: bool,
+}
+
+impl StreamSummary {
+    /// The usage to charge for the stream, and whether its output figure is an estimate.
+    ///
+    /// A stream that completed, or whose last `message_delta` (the one with the stop reason)
+    /// carried the output count, is charged what it reported. Otherwise the upstream billed
+    /// output it never reported here: the output charged is the larger of the last reported
+    /// count and the estimate from the content seen, and it is marked as an estimate. A stream
+    /// that never started a message has no usage to estimate from.
+    pub fn charged_usage(&self) -> (Usage, bool) {
+        if self.final_usage || self.saw_message_stop || !self.saw_message_start {
+            return (self.usage, false);
+        }
+        let mut usage = self.usage;
+        usage.output_tokens = usage.output_tokens.max(self.content.tokens());
+        (usage, true)
+    }
 }
 
 /// Default cap on one buffered line and on the data of one event.
@@ -91,6 +121,8 @@ enum Kind {
     MessageDelta,
     MessageStop,
     Error,
+    /// `content_block_delta`: its data is counted, not kept.
+    ContentDelta,
     /// Any other name: its data is skipped.
     Other,
 }
@@ -103,6 +135,7 @@ impl Kind {
             b"message_delta" => Kind::MessageDelta,
             b"message_stop" => Kind::MessageStop,
             b"error" => Kind::Error,
+            b"content_block_delta" => Kind::ContentDelta,
             _ => Kind::Other,
         }
     }
@@ -127,6 +160,8 @@ enum Line {
     Keep(Field),
     /// The rest of the line is ignored.
     Skip,
+    /// A `data` line of a content delta: its value goes through the counter as it passes.
+    Count,
     /// The line's value is not kept (skipped data, or a line over the limit); its field still
     /// has an effect once the line is complete.
     Lost(Field),
@@ -139,6 +174,8 @@ enum Verdict {
     Skip,
     /// A `data` line of an event whose data is not read.
     SkipData,
+    /// A `data` line of a content delta.
+    CountData,
 }
 
 /// Incremental SSE parser. Feed it the chunks as they pass; it keeps at most one partial line.
@@ -147,6 +184,8 @@ pub struct SseTap {
     summary: StreamSummary,
     /// Usage as carried so far, remembering which fields were carried.
     usage: WireUsage,
+    /// The content counter of the current event.
+    scan: DeltaScan,
     line: Line,
     /// The buffered part of the current line (only when `line` is `Head` or `Keep`).
     buf: Vec<u8>,
@@ -226,6 +265,7 @@ impl SseTap {
         SseTap {
             summary: StreamSummary::default(),
             usage: WireUsage::default(),
+            scan: DeltaScan::default(),
             line: Line::Start,
             buf: Vec::new(),
             data: Vec::new(),
@@ -281,6 +321,7 @@ impl SseTap {
         }
         self.line = Line::Start;
         self.buf.clear();
+        self.scan.drop_line();
         self.dispatch();
     }
 
@@ -293,6 +334,7 @@ impl SseTap {
     fn segment(&mut self, seg: &[u8], eol: bool) {
         match self.line {
             Line::Skip | Line::Lost(_) => {}
+            Line::Count => self.scan.feed(seg),
             // The common case: a whole line inside one chunk, handled without copying.
             Line::Start if eol => self.line_complete(seg),
             Line::Start => match self.judge(seg) {
@@ -317,6 +359,13 @@ impl SseTap {
                         self.buf.clear();
                         self.decided(verdict, &[]);
                     }
+                    Verdict::CountData => {
+                        let head = std::mem::take(&mut self.buf);
+                        self.decided(Verdict::CountData, &head);
+                        self.scan.feed(tail);
+                        self.buf = head;
+                        self.buf.clear();
+                    }
                 }
             }
             Line::Keep(field) => self.keep(field, seg),
@@ -334,6 +383,7 @@ impl SseTap {
                     }
                 }
                 Line::Lost(field) => self.lost(field),
+                Line::Count => self.counted_line(),
                 Line::Start | Line::Skip => {}
             }
             self.line = Line::Start;
@@ -351,6 +401,16 @@ impl SseTap {
             }
             Verdict::Skip => self.line = Line::Skip,
             Verdict::SkipData => self.line = Line::Lost(Field::Data),
+            Verdict::CountData => {
+                self.line = Line::Count;
+                self.join_data_line();
+                // The value starts after the colon and its optional space, which may come in the
+                // next piece.
+                self.scan.skip_space();
+                if let Some(colon) = memchr(b':', seg) {
+                    self.scan.feed(&seg[colon + 1..]);
+                }
+            }
         }
     }
 
@@ -370,6 +430,7 @@ impl SseTap {
             Some(0) => Verdict::Skip,
             Some(i) => match &head[..i] {
                 b"data" if self.kind == Kind::Other => Verdict::SkipData,
+                b"data" if self.kind == Kind::ContentDelta => Verdict::CountData,
                 b"data" => Verdict::Keep(Field::Data),
                 b"event" => Verdict::Keep(Field::Event),
                 _ => Verdict::Skip,
@@ -398,6 +459,20 @@ impl SseTap {
         }
     }
 
+    /// Data lines are joined with `\n`, for the counter as for kept data (it only matters
+    /// inside a string, which valid JSON never breaks).
+    fn join_data_line(&mut self) {
+        if self.has_data {
+            self.scan.feed(b"\n");
+        }
+    }
+
+    /// A complete `data` line of a content delta went through the counter.
+    fn counted_line(&mut self) {
+        self.scan.end_line();
+        self.skipped_data();
+    }
+
     fn skipped_data(&mut self) {
         self.has_data = true;
         self.lost_data = true;
@@ -407,10 +482,16 @@ impl SseTap {
     /// Handle one complete line (without its line end).
     fn line_complete(&mut self, line: &[u8]) {
         if line.len() > self.limit {
-            // Same outcome as when the line arrives in pieces and `keep` gives up on it.
+            // Same outcome as when the line arrives in pieces and `keep` gives up on it; a
+            // counted line is never buffered, so it has no limit.
             match self.judge(line) {
                 Verdict::Keep(field) => self.lost(field),
                 Verdict::SkipData => self.lost(Field::Data),
+                Verdict::CountData => {
+                    self.decided(Verdict::CountData, line);
+                    self.line = Line::Start;
+                    self.counted_line();
+                }
                 Verdict::Skip | Verdict::Undecided => {}
             }
             return;
@@ -433,13 +514,28 @@ impl SseTap {
             None => (line, &b""[..]),
         };
         match name {
-            b"event" => self.kind = Kind::from_name(value),
+            b"event" => {
+                self.kind = Kind::from_name(value);
+                if self.kind == Kind::ContentDelta && self.has_data && !self.lost_data {
+                    // Data kept before the rename came first: it is counted first.
+                    let data = std::mem::take(&mut self.data);
+                    self.scan.feed(&data);
+                    self.data = data;
+                    self.counted_line();
+                }
+            }
             b"data" => self.data_line(value),
             _ => {}
         }
     }
 
     fn data_line(&mut self, value: &[u8]) {
+        if self.kind == Kind::ContentDelta {
+            self.join_data_line();
+            self.scan.feed(value);
+            self.counted_line();
+            return;
+        }
         if self.kind == Kind::Other {
             self.skipped_data();
             return;
@@ -469,7 +565,10 @@ impl SseTap {
     fn dispatch(&mut self) {
         if self.has_data {
             self.summary.events = self.summary.events.saturating_add(1);
-            if !self.lost_data && self.kind != Kind::Other {
+            if self.kind == Kind::ContentDelta {
+                let content = self.scan.take_event();
+                self.summary.content.add(&content);
+            } else if !self.lost_data && self.kind != Kind::Other {
                 let data = std::mem::take(&mut self.data);
                 self.interpret(&data);
                 self.data = data;
@@ -478,6 +577,7 @@ impl SseTap {
         self.kind = Kind::Unnamed;
         self.has_data = false;
         self.lost_data = false;
+        self.scan.reset();
         self.data.clear();
         if self.data.capacity() > KEEP_CAPACITY {
             self.data = Vec::new();
@@ -492,7 +592,10 @@ impl SseTap {
             // deltas. Anything else falls through to the full parse below.
             if let Some(name) = leading_type(data) {
                 kind = Kind::from_name(name);
-                if matches!(kind, Kind::Unnamed | Kind::Other) {
+                if kind == Kind::ContentDelta {
+                    self.summary.content.add(&count_event(data));
+                }
+                if matches!(kind, Kind::Unnamed | Kind::Other | Kind::ContentDelta) {
                     return;
                 }
             }
@@ -510,6 +613,10 @@ impl SseTap {
                 .map_or(Kind::Other, |t| Kind::from_name(t.as_bytes()));
         }
         let s = &mut self.summary;
+        if kind == Kind::ContentDelta {
+            s.content.add(&count_event(data));
+            return;
+        }
         match kind {
             Kind::MessageStart => {
                 s.saw_message_start = true;
@@ -523,11 +630,17 @@ impl SseTap {
                     // A new message starts from its own usage, not from a previous one's.
                     self.usage = m.usage.unwrap_or_default();
                     s.usage = self.usage.to_usage();
+                    s.content = ContentBytes::default();
+                    s.final_usage = false;
                 }
             }
             Kind::MessageDelta => {
-                if let Some(reason) = event.delta.as_ref().and_then(|d| d.stop_reason.as_str()) {
+                let reason = event.delta.as_ref().and_then(|d| d.stop_reason.as_str());
+                if let Some(reason) = reason {
                     s.stop_reason = Some(reason.to_owned());
+                    if event.usage.as_ref().is_some_and(WireUsage::carries_output) {
+                        s.final_usage = true;
+                    }
                 }
                 if let Some(u) = event.usage {
                     self.usage.merge(&u);
@@ -543,7 +656,7 @@ impl SseTap {
                     message: text(event.error.as_ref().map(|e| &e.message)),
                 });
             }
-            Kind::Unnamed | Kind::Other => {}
+            Kind::Unnamed | Kind::Other | Kind::ContentDelta => {}
         }
     }
 }
@@ -870,6 +983,98 @@ mod tests {
         assert_eq!(sum.usage.input_tokens, 0);
         assert_eq!(sum.usage.output_tokens, 2);
         assert_eq!(sum.message_id.as_deref(), Some("msg_1"));
+    }
+
+    const DELTA: &str = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"one two three"}}"#;
+
+    #[test]
+    fn content_deltas_are_counted_however_they_arrive() {
+        let named = format!("event: content_block_delta\ndata: {DELTA}\n\n");
+        let sum = run(named.as_bytes());
+        assert_eq!(sum.content.text, 13);
+        assert_eq!(sum.events, 1);
+        assert_eq!(run_bytewise(named.as_bytes()), sum);
+        // Unnamed (judged by its JSON type, first or not), without the space, after a BOM.
+        assert_eq!(run(format!("data: {DELTA}\n\n").as_bytes()), sum);
+        let late_type = DELTA.replacen(
+            r#""type":"content_block_delta","index":0"#,
+            r#""index":0,"type":"content_block_delta""#,
+            1,
+        );
+        assert_eq!(run(format!("data: {late_type}\n\n").as_bytes()), sum);
+        let bare = format!("\u{feff}event:content_block_delta\ndata:{DELTA}\n\n");
+        assert_eq!(run(bare.as_bytes()), sum);
+        assert_eq!(run_bytewise(bare.as_bytes()), sum);
+        // A line longer than the limit is still counted: counting keeps nothing.
+        let mut small = SseTap::with_line_limit(30);
+        small.feed(named.as_bytes());
+        small.finish();
+        assert_eq!(small.summary().content.text, 13);
+        let mut small = SseTap::with_line_limit(30);
+        for b in named.as_bytes() {
+            small.feed(std::slice::from_ref(b));
+        }
+        small.finish();
+        assert_eq!(small.summary().content.text, 13);
+        // Data kept before a rename to a content delta is counted too.
+        let renamed = format!("data: {DELTA}\nevent: content_block_delta\n\n");
+        assert_eq!(run(renamed.as_bytes()).content.text, 13);
+        // A content delta renamed to something else is not.
+        let away = format!("event: content_block_delta\ndata: {DELTA}\nevent: ping\n\n");
+        assert_eq!(run(away.as_bytes()).content.text, 0);
+        // The space after `data:` is dropped once, also when it comes in the next chunk, so a
+        // string broken across lines counts the same either way.
+        let broken =
+            "event: content_block_delta\ndata: {\"delta\":{\"text\":\"ab\ndata:  cd\"}}\n\n";
+        let want = run(broken.as_bytes());
+        assert_eq!(want.content.text, 6, "ab, the joining newline, space, cd");
+        assert_eq!(run_bytewise(broken.as_bytes()), want);
+    }
+
+    #[test]
+    fn a_cut_line_is_not_counted_and_a_new_message_starts_afresh() {
+        let s = format!(
+            "event: content_block_delta\ndata: {DELTA}\n\nevent: content_block_delta\ndata: {DELTA}"
+        );
+        assert_eq!(run(s.as_bytes()).content.text, 13);
+        let s = format!(
+            "event: content_block_delta\ndata: {DELTA}\n\nevent: message_start\ndata: {START}\n\n"
+        );
+        assert_eq!(run(s.as_bytes()).content, ContentBytes::default());
+    }
+
+    #[test]
+    fn charged_usage_estimates_only_without_the_final_count() {
+        let start = format!("event: message_start\ndata: {START}\n\n");
+        let delta = format!("event: content_block_delta\ndata: {DELTA}\n\n");
+        let text = delta.repeat(10);
+        // Cut after the deltas: 130 bytes of text at 4 per token, over the 1 reported.
+        let cut = run(format!("{start}{text}").as_bytes());
+        let (u, estimated) = cut.charged_usage();
+        assert!(estimated);
+        assert_eq!(u.output_tokens, 33);
+        assert_eq!((u.input_tokens, u.cache_read_input_tokens), (10, 5));
+        // A larger count reported so far wins: never less than what was seen.
+        let partial = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":50}}\n\n";
+        let (u, estimated) = run(format!("{start}{text}{partial}").as_bytes()).charged_usage();
+        assert!(estimated);
+        assert_eq!(u.output_tokens, 50);
+        // The final message_delta, with or without the message_stop after it, is the truth.
+        let last = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":20}}\n\n";
+        let done = run(format!("{start}{text}{last}").as_bytes());
+        assert!(done.final_usage);
+        assert_eq!(done.charged_usage(), (done.usage, false));
+        assert_eq!(done.usage.output_tokens, 20);
+        // A stop reason without a count is not the final count.
+        let no_count = "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"}}\n\n";
+        assert!(
+            run(format!("{start}{text}{no_count}").as_bytes())
+                .charged_usage()
+                .1
+        );
+        // Nothing started: nothing to estimate from.
+        let none = run(text.as_bytes());
+        assert_eq!(none.charged_usage(), (Usage::default(), false));
     }
 
     #[test]

@@ -240,6 +240,11 @@ pub(crate) struct WireUsage {
 }
 
 impl WireUsage {
+    /// Whether `output_tokens` was carried.
+    pub(crate) fn carries_output(&self) -> bool {
+        self.output.is_some()
+    }
+
     /// Apply a later usage object on top of this one: every field it carries wins.
     ///
     /// This is the SDKs' own accumulation rule for `message_delta` (`if (usage.x != null)`).

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use sluice_anthropic::{
-    SseTap, StreamError, StreamSummary, WireError, error_body, parse_message_request,
+    ContentBytes, SseTap, StreamError, StreamSummary, WireError, error_body, parse_message_request,
     parse_message_response, sse_error_event,
 };
 use sluice_core::Usage;
@@ -39,6 +39,11 @@ fn stream_text() -> StreamSummary {
         saw_message_stop: true,
         error: None,
         events: 9,
+        content: ContentBytes {
+            text: 29,
+            ..ContentBytes::default()
+        },
+        final_usage: true,
     }
 }
 
@@ -56,6 +61,12 @@ fn stream_thinking_tool_use() -> StreamSummary {
         saw_message_stop: true,
         error: None,
         events: 12,
+        content: ContentBytes {
+            text: 51,
+            json: 33,
+            signature: 53,
+        },
+        final_usage: true,
     }
 }
 
@@ -76,6 +87,11 @@ fn stream_error_midway() -> StreamSummary {
             message: "Overloaded".into(),
         }),
         events: 4,
+        content: ContentBytes {
+            text: 12,
+            ..ContentBytes::default()
+        },
+        final_usage: false,
     }
 }
 
@@ -203,11 +219,34 @@ fn truncated_streams_keep_what_complete_lines_said() {
     assert_eq!(s.usage.output_tokens, 15);
     assert!(!s.saw_message_stop);
     assert_eq!(s.events, 8);
+    // The final count arrived: it is charged as reported.
+    assert_eq!(s.charged_usage(), (s.usage, false));
     // Cut inside the message_delta data line: the partial line is dropped.
     let s = tap(&bytes[..cut - 10]);
     assert_eq!(s.stop_reason, None);
     assert_eq!(s.usage.output_tokens, 1);
     assert_eq!(s.events, 7);
+    // Without it, the output charged is the estimate from the 29 bytes of text seen.
+    let (charged, estimated) = s.charged_usage();
+    assert!(estimated);
+    assert_eq!(charged.output_tokens, 8);
+    assert_eq!(charged.input_tokens, 25);
+    assert_eq!(charged.cache_read_input_tokens, 1800);
+}
+
+#[test]
+fn a_cut_tool_use_stream_is_charged_for_thinking_signature_and_tool_input() {
+    let bytes = fixture("stream_thinking_tool_use.sse");
+    let text = std::str::from_utf8(&bytes).unwrap();
+    let cut = text.find("event: message_delta").unwrap();
+    let s = tap(&bytes[..cut]);
+    // 51 bytes of thinking at 4, 53 of signature at 3, 33 of tool JSON at 3, each rounded up.
+    assert_eq!(s.content.tokens(), 13 + 18 + 11);
+    assert_eq!(s.charged_usage().0.output_tokens, 42);
+    // Cut inside the last tool-input delta line: only complete lines count.
+    let cut = text.find("ncisco, CA").unwrap();
+    let s = tap(&bytes[..cut]);
+    assert_eq!(s.content.json, 21);
 }
 
 #[test]

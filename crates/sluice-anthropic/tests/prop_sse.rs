@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
-use sluice_anthropic::{SseTap, StreamError, StreamSummary, parse_message_request};
+use sluice_anthropic::{ContentBytes, SseTap, StreamError, StreamSummary, parse_message_request};
 use sluice_core::Usage;
 use std::path::PathBuf;
 
@@ -88,6 +88,11 @@ enum GenEvent {
         kind: String,
         message: String,
     },
+    /// A `content_block_delta` with a string under one of the delta kinds' keys.
+    Content {
+        key: &'static str,
+        value: String,
+    },
     Noise {
         name: &'static str,
         data: String,
@@ -153,6 +158,17 @@ fn gen_event() -> impl Strategy<Value = GenEvent> {
             .prop_map(|(stop_reason, usage)| GenEvent::Delta { stop_reason, usage }),
         Just(GenEvent::Stop),
         (text(), text()).prop_map(|(kind, message)| GenEvent::Error { kind, message }),
+        (
+            prop::sample::select(vec![
+                "text",
+                "thinking",
+                "partial_json",
+                "signature",
+                "other"
+            ]),
+            text()
+        )
+            .prop_map(|(key, value)| GenEvent::Content { key, value }),
         (
             prop::sample::select(vec![
                 "content_block_delta",
@@ -247,6 +263,21 @@ fn event_json(e: &GenEvent) -> (Option<&'static str>, String) {
             "error",
             json!({"type": "error", "error": {"type": kind, "message": message}}),
         ),
+        GenEvent::Content { key, value } => {
+            let kind = match *key {
+                "text" => "text_delta",
+                "thinking" => "thinking_delta",
+                "partial_json" => "input_json_delta",
+                "signature" => "signature_delta",
+                _ => "citations_delta",
+            };
+            let mut delta = json!({"type": kind});
+            delta[*key] = json!(value);
+            (
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": delta}),
+            )
+        }
         GenEvent::Noise { name, data } => return (Some(name), data.clone()),
     };
     (Some(v.0), serde_json::to_string(&v.1).unwrap())
@@ -365,10 +396,18 @@ fn expected(events: &[(GenEvent, Style)]) -> StreamSummary {
                 s.model = Some(model.clone());
                 u = usage.as_ref().map(ModelUsage::from).unwrap_or_default();
                 s.usage = u.usage();
+                s.content = ContentBytes::default();
+                s.final_usage = false;
             }
             GenEvent::Delta { stop_reason, usage } => {
                 if let Some(Some(r)) = stop_reason {
                     s.stop_reason = Some(r.clone());
+                    if usage
+                        .as_ref()
+                        .is_some_and(|d| ModelUsage::from(d).output.is_some())
+                    {
+                        s.final_usage = true;
+                    }
                 }
                 if let Some(d) = usage {
                     u.merge(&ModelUsage::from(d));
@@ -381,6 +420,16 @@ fn expected(events: &[(GenEvent, Style)]) -> StreamSummary {
                     error_type: kind.clone(),
                     message: message.clone(),
                 });
+            }
+            GenEvent::Content { key, value } => {
+                // The decoded string's UTF-8 bytes, whatever escapes carried it.
+                let n = value.len() as u64;
+                match *key {
+                    "text" | "thinking" => s.content.text += n,
+                    "partial_json" => s.content.json += n,
+                    "signature" => s.content.signature += n,
+                    _ => {}
+                }
             }
             GenEvent::Noise { .. } => {}
         }

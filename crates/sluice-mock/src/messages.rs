@@ -1,6 +1,7 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`: validation, the usage model
 //! (input ≈ bytes/4, prompt caching keyed on the prefix up to the last `cache_control` marker,
-//! output derived from the request and capped by `max_tokens`) and the JSON / SSE renderings.
+//! output derived from the request and capped by `max_tokens`, one word of about 4 bytes per
+//! output token) and the JSON / SSE renderings.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -176,23 +177,13 @@ pub(crate) fn output_tokens(fixed: Option<u64>, body_len: usize, max_tokens: u64
     }
 }
 
+/// The output text, one word per output token. Each word is one token of a real tokenizer
+/// (short, common, no punctuation), and with its space the cycle averages 4.0 bytes per token,
+/// the rate of English prose: so the gateway's output estimate from content (4 bytes per text
+/// token) can be checked against this count at any cut point.
 const WORDS: [&str; 16] = [
-    "Sure,",
-    "here",
-    "is",
-    "a",
-    "short",
-    "reply",
-    "from",
-    "the",
-    "Sluice",
-    "mock",
-    "upstream,",
-    "one",
-    "word",
-    "per",
-    "output",
-    "token.",
+    "yes", "here", "is", "a", "bit", "from", "the", "mock", "one", "word", "per", "unit", "as",
+    "you", "see", "it",
 ];
 
 /// Words per `text_delta` event.

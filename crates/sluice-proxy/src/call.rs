@@ -22,6 +22,9 @@ pub struct Ending {
     pub error_type: Option<String>,
     /// Token usage seen.
     pub usage: Usage,
+    /// `usage.output_tokens` is estimated from the content seen (a stream that ended before
+    /// its final usage).
+    pub usage_estimated: bool,
     /// Stop reason.
     pub stop_reason: Option<String>,
     /// Model the upstream served.
@@ -172,6 +175,7 @@ impl CallRecorder {
         row.outcome = end.outcome;
         row.error_type = end.error_type;
         row.usage = end.usage;
+        row.usage_estimated = end.usage_estimated;
         row.stop_reason = end.stop_reason;
         row.model_served = match self.served_as.take() {
             // Another provider's ids are aliases of the client's model name.
@@ -222,6 +226,7 @@ impl CallRecorder {
             ttfb_ms = r.ttfb_ms,
             input_tokens = r.usage.input_tokens,
             output_tokens = r.usage.output_tokens,
+            usage_estimated = r.usage_estimated,
             cache_creation_input_tokens = r.usage.cache_creation_input_tokens,
             cache_read_input_tokens = r.usage.cache_read_input_tokens,
             stop_reason = r.stop_reason.as_deref(),

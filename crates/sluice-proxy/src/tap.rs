@@ -10,6 +10,11 @@
 //! - the upstream sent nothing for `upstream.stream_idle_timeout_ms` → Sluice appends its own
 //!   `event: error` and ends the stream (closing the upstream connection) → outcome
 //!   `upstream_stalled`, with the usage seen so far. A healthy long stream has no total limit.
+//!
+//! A stream that ends before its final `message_delta` (any of the cut endings, or an error
+//! event) is charged its input and the output estimated from the content deltas seen, never less
+//! than the last count reported ([`sluice_anthropic::StreamSummary::charged_usage`]); the ledger
+//! row says the output is an estimate.
 //! - the client went away → this body is dropped, which drops the upstream body and so closes
 //!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
 //!   seen so far.
@@ -101,11 +106,13 @@ impl TapBody {
 
     fn ending(&self, outcome: &'static str, error_type: Option<String>) -> Ending {
         let s = self.tap.summary();
+        let (usage, usage_estimated) = s.charged_usage();
         Ending {
             status: self.status,
             outcome,
             error_type,
-            usage: s.usage,
+            usage,
+            usage_estimated,
             stop_reason: s.stop_reason.clone(),
             model_served: s.model.clone(),
         }

@@ -88,6 +88,8 @@ const MIGRATIONS: &[&str] = &[
         hash        TEXT NOT NULL
      );
      CREATE INDEX audit_ts ON audit (ts_ms);",
+    // v7: the output count is an estimate (a stream that ended before its final usage).
+    "ALTER TABLE ledger ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle on the state store for control-plane work (CLI, admin API, key-ring refresh, batch

@@ -87,6 +87,9 @@ pub struct LedgerRow {
     pub provider: Option<&'static str>,
     /// Which step of the model's fallback chain served it (0: the primary).
     pub fallback: u8,
+    /// `usage.output_tokens` is an estimate: the stream ended before its final usage, and the
+    /// output was estimated from the content seen.
+    pub usage_estimated: bool,
 }
 
 /// Counters of the writer, shared with the data plane (for metrics and readiness).
@@ -159,6 +162,9 @@ pub struct StoredRow {
     pub retries: u32,
     pub provider: Option<String>,
     pub fallback: u8,
+    /// Absent in rows spooled by older versions.
+    #[serde(default)]
+    pub usage_estimated: bool,
 }
 
 impl StoredRow {
@@ -193,6 +199,7 @@ impl StoredRow {
             retries: row.retries,
             provider: row.provider.map(str::to_owned),
             fallback: row.fallback,
+            usage_estimated: row.usage_estimated,
         }
     }
 }
@@ -868,9 +875,9 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[StoredRow]) -> Result<()
                 input_tokens, output_tokens, cache_creation_input_tokens,
                 cache_creation_5m_input_tokens, cache_creation_1h_input_tokens,
                 cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms,
-                retries, provider, fallback, uid)
+                retries, provider, fallback, uid, usage_estimated)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
              ON CONFLICT (uid) DO NOTHING",
         )?;
         for r in rows {
@@ -903,6 +910,7 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[StoredRow]) -> Result<()
                 r.provider,
                 r.fallback,
                 r.uid,
+                r.usage_estimated,
             ])?;
         }
     }

@@ -53,6 +53,8 @@ pub const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX ledger_ts ON ledger (ts_ms);
      CREATE INDEX ledger_tenant_ts ON ledger (tenant, ts_ms);",
+    // v2: the output count is an estimate (a stream that ended before its final usage).
+    "ALTER TABLE ledger ADD COLUMN usage_estimated BOOLEAN NOT NULL DEFAULT FALSE;",
 ];
 
 /// Advisory lock key serialising migrations (any constant; "sluice" in ASCII).
@@ -189,12 +191,13 @@ const INSERT: &str = "INSERT INTO ledger (uid, ts_ms, request_id, tenant, key_id
         endpoint, model, model_served, streamed, status, outcome, error_type, latency_ms,
         ttfb_ms, input_tokens, output_tokens, cache_creation_input_tokens,
         cache_creation_5m_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,
-        stop_reason, upstream, cost_micros, waited_ms, retries, provider, fallback)
+        stop_reason, upstream, cost_micros, waited_ms, retries, provider, fallback,
+        usage_estimated)
     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::int4[], $12::text[],
         $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[],
         $19::int8[], $20::int8[], $21::int8[], $22::text[], $23::text[], $24::int8[],
-        $25::int8[], $26::int4[], $27::text[], $28::int4[])
+        $25::int8[], $26::int4[], $27::text[], $28::int4[], $29::bool[])
     ON CONFLICT (uid) DO NOTHING";
 
 fn insert_rows(
@@ -231,6 +234,7 @@ fn insert_rows(
     let mut retries = Vec::with_capacity(n);
     let mut provider = Vec::with_capacity(n);
     let mut fallback = Vec::with_capacity(n);
+    let mut estimated = Vec::with_capacity(n);
     for r in rows {
         uid.push(r.uid.as_str());
         ts.push(r.ts_ms);
@@ -260,6 +264,7 @@ fn insert_rows(
         retries.push(i32::try_from(r.retries).unwrap_or(i32::MAX));
         provider.push(r.provider.as_deref());
         fallback.push(i32::from(r.fallback));
+        estimated.push(r.usage_estimated);
     }
     // One statement is one implicit transaction: the batch is committed whole or not at all.
     client.execute(
@@ -293,6 +298,7 @@ fn insert_rows(
             &retries,
             &provider,
             &fallback,
+            &estimated,
         ],
     )?;
     Ok(())

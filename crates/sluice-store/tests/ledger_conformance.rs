@@ -146,6 +146,7 @@ fn insert_and_flush(b: &dyn Backend) {
     full.retries = 2;
     full.provider = Some("bedrock");
     full.fallback = 1;
+    full.usage_estimated = true;
     s.record(full);
     w.shutdown();
     assert_eq!(
@@ -158,7 +159,7 @@ fn insert_and_flush(b: &dyn Backend) {
              AND cache_creation_1h_input_tokens = 1 AND cache_read_input_tokens = 4
              AND stop_reason = 'end_turn' AND upstream = 'primary' AND waited_ms = 56
              AND retries = 2 AND provider = 'bedrock' AND fallback = 1 AND cost_micros = 7
-             AND uid IS NOT NULL"
+             AND usage_estimated AND uid IS NOT NULL"
         ),
         1
     );

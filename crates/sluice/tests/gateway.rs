@@ -424,8 +424,13 @@ async fn client_disconnect_cancels_upstream_and_records_partial_usage() {
         .send()
         .await
         .unwrap();
-    let first = resp.chunk().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    // Read ten text deltas (50 output tokens of the mock's), then go away.
+    let mut seen = String::new();
+    while seen.matches("event: content_block_delta").count() < 10 {
+        let chunk = resp.chunk().await.unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains("message_start"));
     drop(resp);
     let mut cancelled = 0;
     for _ in 0..100 {
@@ -439,7 +444,57 @@ async fn client_disconnect_cancels_upstream_and_records_partial_usage() {
     let rows = e.finish().await;
     assert_eq!(rows[0].outcome, "client_closed");
     assert!(rows[0].input_tokens > 0);
-    assert!(rows[0].output_tokens < 3000);
+    // Charged for what was generated before the cut (the gateway may have read one delta
+    // more than the client did), within the estimate's band, and marked as an estimate.
+    let out = rows[0].output_tokens as f64;
+    assert!((50.0 * 0.85..=55.0 * 1.15).contains(&out), "{out}");
+    assert!(rows[0].usage_estimated);
+}
+
+#[tokio::test]
+async fn streams_cut_at_several_points_are_charged_what_was_generated() {
+    let mut e = env().await;
+    // The mock sends message_start, content_block_start and ping, then 5 tokens per delta.
+    let cuts = [1u64, 10, 50, 200];
+    for n in cuts {
+        let text = e
+            .post_messages(&e.web_key, &stream_body(4000))
+            .header("x-mock-output-tokens", "3000")
+            .header("x-mock-drop-after", (3 + n).to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(text.matches("event: content_block_delta").count() as u64, n);
+    }
+    let rows = e.finish().await;
+    assert_eq!(rows.len(), cuts.len());
+    for (row, n) in rows.iter().zip(cuts) {
+        assert_eq!(row.outcome, "upstream_disconnected");
+        let truth = (5 * n) as f64;
+        let out = row.output_tokens as f64;
+        assert!(
+            (truth * 0.85..=truth * 1.15).contains(&out),
+            "{n} deltas: charged {out}, generated {truth}"
+        );
+        assert!(row.usage_estimated);
+        assert!(row.cost_micros.unwrap_or(0) > 0);
+    }
+    // A complete stream is charged what it reported, not an estimate.
+    let mut e = env().await;
+    e.post_messages(&e.web_key, &stream_body(4000))
+        .header("x-mock-output-tokens", "333")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rows = e.finish().await;
+    assert_eq!(rows[0].output_tokens, 333);
+    assert!(!rows[0].usage_estimated);
 }
 
 #[tokio::test]

@@ -205,6 +205,7 @@ pub struct Row {
     pub cost_micros: Option<i64>,
     pub waited_ms: i64,
     pub retries: i64,
+    pub usage_estimated: bool,
 }
 
 impl Env {
@@ -237,7 +238,7 @@ impl Env {
                 "SELECT request_id, tenant, key_id, feature, endpoint, model, model_served, streamed,
                  status, outcome, error_type, input_tokens, output_tokens,
                  cache_creation_input_tokens, cache_read_input_tokens, stop_reason, cost_micros,
-                 waited_ms, retries
+                 waited_ms, retries, usage_estimated
                  FROM ledger ORDER BY id",
             )
             .unwrap();
@@ -262,6 +263,7 @@ impl Env {
                 cost_micros: r.get(16)?,
                 waited_ms: r.get(17)?,
                 retries: r.get(18)?,
+                usage_estimated: r.get(19)?,
             })
         })
         .unwrap()
