@@ -244,6 +244,10 @@ enum Job {
         micros: u64,
         ttl_ms: u64,
     },
+    /// Counters to delete (a deleted tenant's spend), after every job queued before.
+    Forget {
+        keys: Vec<String>,
+    },
     Flush(oneshot::Sender<bool>),
 }
 
@@ -525,6 +529,19 @@ impl RedisBackend {
             key,
             micros,
             ttl_ms,
+        });
+    }
+
+    /// Drop a tenant's spend for `day` and `month` (it was deleted: a tenant created later
+    /// under its name starts from zero), in the fallback now and in Redis through the job
+    /// queue, after the spend already queued (so none of it comes back).
+    pub fn forget_spend(&self, tenant: &str, day: u32, month: u32) {
+        self.shared.local.forget_spend(tenant);
+        self.enqueue(Job::Forget {
+            keys: vec![
+                self.spend_key(tenant, Period::Day, day),
+                self.spend_key(tenant, Period::Month, month),
+            ],
         });
     }
 
@@ -969,6 +986,9 @@ fn add_job(sh: &Shared, pipe: &mut ::redis::Pipeline, j: &Job) {
                 .arg("NX")
                 .arg("PX")
                 .arg(*ttl_ms);
+        }
+        Job::Forget { keys } => {
+            pipe.cmd("DEL").arg(keys);
         }
         // Never batched (see job_loop); a harmless command keeps replies aligned if it were.
         Job::Flush(_) => {
