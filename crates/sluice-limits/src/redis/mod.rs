@@ -89,8 +89,8 @@ const ADMIT: &str = include_str!("admit.lua");
 const SETTLE: &str = include_str!("settle.lua");
 const OBSERVE: &str = include_str!("observe.lua");
 
-/// How to reach Redis and what to do without it.
-#[derive(Debug, Clone)]
+/// How to reach Redis and what to do without it. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://host:port[/db]`.
     pub url: String,
@@ -118,6 +118,19 @@ impl Default for RedisOptions {
             fallback_share: 0.5,
             caller_clock: false,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &sluice_core::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("fail_mode", &self.fail_mode)
+            .field("fallback_share", &self.fallback_share)
+            .field("caller_clock", &self.caller_clock)
+            .finish()
     }
 }
 
@@ -284,7 +297,7 @@ impl RedisBackend {
         let client = match Client::open(opts.url.as_str()) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(url = %opts.url, error = %e, "invalid Redis URL: limiting locally");
+                tracing::error!(url = %sluice_core::redact_url(&opts.url), error = %e, "invalid Redis URL: limiting locally");
                 None
             }
         };
@@ -730,9 +743,9 @@ async fn reconnect_loop(sh: Arc<Shared>) {
             Ok(live) => {
                 sh.live.store(Some(Arc::new(live)));
                 if first {
-                    tracing::info!(url = %sh.opts.url, "Redis limiter connected");
+                    tracing::info!(url = %sluice_core::redact_url(&sh.opts.url), "Redis limiter connected");
                 } else {
-                    tracing::info!(url = %sh.opts.url, "Redis limiter reachable again; using it");
+                    tracing::info!(url = %sluice_core::redact_url(&sh.opts.url), "Redis limiter reachable again; using it");
                 }
                 logged = false;
             }
@@ -740,7 +753,7 @@ async fn reconnect_loop(sh: Arc<Shared>) {
                 if first && !logged {
                     sh.outages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        url = %sh.opts.url,
+                        url = %sluice_core::redact_url(&sh.opts.url),
                         error = %e,
                         fail_mode = ?sh.opts.fail_mode,
                         "Redis limiter unreachable at startup; falling back until it answers"
