@@ -432,6 +432,7 @@ async fn serve(
     })?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let tenants = cfg.tenants.len();
+    let cfg_public_url_unset = cfg.server.public_url.is_none();
     let config = sluice_config::shared(cfg);
     let shared = config.clone();
     let limiter = build_limiter(&config.load_full(), &store).await?;
@@ -452,6 +453,11 @@ async fn serve(
     let control = start_control(&state, shared, file_cfg, tenants_gen, control)?;
     let app = sluice_proxy::router(state);
     tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
+    if cfg_public_url_unset {
+        tracing::warn!(
+            "server.public_url is not set: batch results_url is built from the client's Host header over http://; set it to the URL clients reach the gateway at"
+        );
+    }
     if tenants == 0 {
         tracing::warn!(
             "no [[tenants]] in the config: every key will be refused (see examples/sluice.toml)"
