@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use sluice_config::{Config, SharedConfig};
 use sluice_proxy::AppState;
 use sluice_store::{AuditEvent, NewEvent, Store};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +46,13 @@ struct State {
     /// against a snapshot's address, so an address must not be reused by a new snapshot while
     /// that cache may still point at it.
     retired: VecDeque<Arc<Config>>,
+    /// Tenant deletions already applied to the limiter (name → deletion time), since
+    /// `deletions_from`: a deleted tenant's spend is dropped once, when this gateway first
+    /// sees the deletion, and never again (that would drop a re-created tenant's spend).
+    deletions_seen: HashMap<String, i64>,
+    /// Deletions before this time were accounted for at startup (budgets are read back from
+    /// the ledger only from a tenant's deletion on).
+    deletions_from: i64,
 }
 
 /// Owns reloads of one running gateway.
@@ -179,6 +186,7 @@ impl Reloader {
     ) -> Result<Self, AdminError> {
         let tokens = resolver(&shared.load().admin.tokens).map_err(AdminError::Invalid)?;
         let file_text = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let deletions_from = app.clock().unix_ms();
         Ok(Self {
             app,
             shared,
@@ -192,6 +200,8 @@ impl Reloader {
                 file_text,
                 tenants_gen,
                 retired: VecDeque::new(),
+                deletions_seen: HashMap::new(),
+                deletions_from,
             }),
         })
     }
@@ -235,6 +245,12 @@ impl Reloader {
     /// Publish `cfg` (already validated) as the new snapshot.
     fn publish(&self, st: &mut State, cfg: Config) -> Result<(), AdminError> {
         let tokens = (self.resolver)(&cfg.admin.tokens).map_err(AdminError::Invalid)?;
+        // A deleted tenant's keys (revoked with it) leave the ring, and its spend the
+        // limiter, before a snapshot that may hold a new tenant of the same name is live.
+        if let Err(e) = self.app.keys().refresh(&self.store) {
+            tracing::warn!(target: "sluice::reload", error = %e, "key ring refresh failed; keeping the last ring");
+        }
+        self.forget_deleted_spend(st);
         let new = Arc::new(cfg);
         let old = self.shared.swap(new.clone());
         self.tokens.store(Arc::new(tokens));
@@ -245,6 +261,27 @@ impl Reloader {
             st.retired.pop_front();
         }
         Ok(())
+    }
+
+    /// Drop the limiter's spend of tenants deleted since this gateway last looked, here or by
+    /// another process, so that one re-created under the same name starts its budgets from
+    /// zero (the ledger keeps the old rows as history).
+    fn forget_deleted_spend(&self, st: &mut State) {
+        let deletions = match self.store.tenant_deletions_since(st.deletions_from) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(target: "sluice::reload", error = %e, "cannot read tenant deletions; a re-created tenant may keep its old budget consumption until a restart");
+                return;
+            }
+        };
+        let now = self.app.clock().unix_ms();
+        for (name, at) in deletions {
+            if st.deletions_seen.get(&name).is_some_and(|&seen| seen >= at) {
+                continue;
+            }
+            self.app.limiter().forget_spend(&name, now);
+            st.deletions_seen.insert(name, at);
+        }
     }
 
     /// Re-read the config file (if there is one) and the database's tenants, validate, swap.

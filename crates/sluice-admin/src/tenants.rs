@@ -127,7 +127,8 @@ pub enum Change {
     /// Merge-patch an existing tenant (RFC 7386: given keys replace, `null` resets to the
     /// default); a file tenant gets a database row that overrides it.
     Update(String, Value),
-    /// Remove the tenant's database row (a file tenant then reverts to the file's definition).
+    /// Remove the tenant's database row (a file tenant then reverts to the file's definition;
+    /// a tenant only in the database is deleted for good, see [`Store::retire_tenant`]).
     Delete(String),
 }
 
@@ -236,9 +237,13 @@ pub fn commit(
         before: p.before.as_ref().map(Value::to_string),
         after: p.after.as_ref().map(Value::to_string),
     };
-    Ok(match &p.row {
-        Some(row) => store.put_tenant(&p.name, row, &ev)?,
-        None => store.delete_tenant(&p.name, &ev)?,
+    Ok(match (&p.row, &p.after) {
+        (Some(row), _) => store.put_tenant(&p.name, row, &ev)?,
+        // The row overrode a file tenant, which stays: only the override goes.
+        (None, Some(_)) => store.delete_tenant(&p.name, &ev)?,
+        // The tenant is gone: its keys and batches go with it, so that a tenant created later
+        // under the same name inherits nothing.
+        (None, None) => store.retire_tenant(&p.name, &ev)?.event,
     })
 }
 

@@ -36,18 +36,56 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The TOML is malformed or has unknown/mistyped keys.
-    #[error("invalid config: {0}")]
-    Parse(#[from] toml::de::Error),
+    /// The TOML is malformed or has unknown/mistyped keys. Only the position and the kind of
+    /// error are kept: the `toml` crate's own message quotes the offending source line, which
+    /// may hold a secret (a typo on an `api_key =` line would put the key in logs and in the
+    /// reload API's reply).
+    #[error("invalid config: {message} at line {line}, column {column}")]
+    Parse {
+        /// 1-based line of the error (0: unknown).
+        line: usize,
+        /// 1-based column of the error (0: unknown).
+        column: usize,
+        /// What is wrong, with any quoted value elided.
+        message: String,
+    },
     /// The TOML parsed but breaks a rule (the string says which).
     #[error("invalid config: {0}")]
     Invalid(String),
 }
 
+/// A TOML error without the source text: its position, and its message with every quoted
+/// value elided (serde's "invalid type: string \"…\"" quotes the value it met).
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let (line, column) = e.span().map_or((0, 0), |sp| {
+        let before = text.get(..sp.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    });
+    let mut message = String::new();
+    let mut quoted = false;
+    for ch in e.message().trim().chars() {
+        if ch == '"' {
+            if !quoted {
+                message.push_str("\"…\"");
+            }
+            quoted = !quoted;
+        } else if !quoted {
+            message.push(if ch == '\n' { ' ' } else { ch });
+        }
+    }
+    ConfigError::Parse {
+        line,
+        column,
+        message,
+    }
+}
+
 impl Config {
     /// Parse and validate a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text)?;
+        let mut cfg: Config = toml::from_str(text).map_err(|e| parse_error(text, &e))?;
         cfg.validate()?;
         cfg.tenant_index = cfg
             .tenants
@@ -388,6 +426,25 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = Config::from_toml("[server]\nlisten_addr = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_source() {
+        let secret = "sk-ant-api03-SECRET-typo-line";
+        for text in [
+            format!("[upstream]\napi_key = \"{secret}\n"),
+            format!("[upstream]\napi_key = {secret}\n"),
+            format!("[upstream]\nweight = \"{secret}\"\n[server]\nlisten = 5\n"),
+            format!("[server]\nlisten = \"{secret}\"\nmax_body_bytes = \"{secret}\"\n"),
+        ] {
+            let err = Config::from_toml(&text).unwrap_err();
+            let (shown, debug) = (err.to_string(), format!("{err:?}"));
+            assert!(!shown.contains("SECRET"), "{shown}");
+            assert!(!debug.contains("SECRET"), "{debug}");
+            assert!(shown.contains("line "), "{shown}");
+        }
+        let err = Config::from_toml("[server]\nlisten = 5\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 
     #[test]

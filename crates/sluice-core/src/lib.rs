@@ -5,8 +5,10 @@
 
 pub mod clock;
 pub mod error;
+pub mod redact;
 pub mod usage;
 
 pub use clock::{Clock, SystemClock};
 pub use error::ErrorKind;
+pub use redact::redact_url;
 pub use usage::Usage;

@@ -797,6 +797,19 @@ impl Limiter {
         }
     }
 
+    /// Drop a deleted tenant's spend this day and month (`unix_ms` says which), so a tenant
+    /// created later under its name starts its budgets from zero. The ledger keeps the rows;
+    /// at startup they are read back only from the deletion on.
+    pub fn forget_spend(&self, tenant: &str, unix_ms: i64) {
+        match &self.0.backend {
+            Backend::Local(b) => b.forget_spend(tenant),
+            Backend::Redis(b) => {
+                let (day, month) = day_and_month(unix_ms);
+                b.forget_spend(tenant, day, month);
+            }
+        }
+    }
+
     /// The upstream reported what remains of the org pool `scope` (last corrected at `last`),
     /// per dimension: lower the pool to it, at most once per [`OBSERVE_EVERY_US`] (see
     /// [`Permit::observe_upstream`]).

@@ -314,6 +314,12 @@ impl LocalBackend {
         }
     }
 
+    /// Drop a tenant's spend: it was deleted, and a tenant created later under its name
+    /// must start from zero.
+    pub fn forget_spend(&self, tenant: &str) {
+        lock(self.spend_shard(tenant)).remove(tenant);
+    }
+
     /// A tenant's spend as the limiter sees it.
     pub fn spend(&self, tenant: &str) -> Spend {
         lock(self.spend_shard(tenant))

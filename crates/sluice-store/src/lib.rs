@@ -23,7 +23,7 @@ pub use audit::{AuditEvent, BrokenLink, NewEvent, Verification};
 pub use db::Store;
 pub use keys::{ActiveKey, KeyRecord, NewKey, hash_key};
 pub use ledger::{LedgerRow, LedgerSender, LedgerStats, LedgerWriter, LedgerWriterOptions};
-pub use tenants::TenantRow;
+pub use tenants::{Retired, TenantRow};
 pub use usage::{GroupBy, LedgerDb, UsageQuery, UsageRow};
 
 /// A store operation failed.

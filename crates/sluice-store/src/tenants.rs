@@ -22,6 +22,17 @@ pub struct TenantRow {
     pub updated_ms: i64,
 }
 
+/// What [`Store::retire_tenant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The deletion's audit event.
+    pub event: AuditEvent,
+    /// Keys that were active and are now revoked.
+    pub keys_revoked: u64,
+    /// Batches whose ownership was retired.
+    pub batches_retired: u64,
+}
+
 fn bump(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE meta SET v = v + 1 WHERE k = 'tenants_generation'",
@@ -161,6 +172,99 @@ impl Store {
         let e = append_in(&tx, event)?;
         tx.commit()?;
         Ok(e)
+    }
+
+    /// Delete `name`'s row for good (the tenant no longer exists afterwards) and append
+    /// `event`, atomically: the tenant's keys are revoked at `event.ts_ms` and its batches are
+    /// handed to a retired owner no tenant can be named (`name/deleted@<ms>`, kept for the
+    /// record), so a tenant created later under the same name inherits neither. Its ledger
+    /// rows stay (they are history); budgets count spend only after the deletion, which
+    /// [`Store::tenant_deletions_since`] reads back from this event. [`StoreError::NotFound`]
+    /// when there is no row (nothing is written).
+    pub fn retire_tenant(&self, name: &str, event: &NewEvent) -> Result<Retired, StoreError> {
+        // The event is what [`Store::tenant_deletions_since`] finds the deletion by.
+        if event.action != "tenant.delete" || event.after.is_some() {
+            return Err(StoreError::Invalid(
+                "a tenant deletion is recorded as action tenant.delete with no after".into(),
+            ));
+        }
+        let retired_owner = format!("{name}/deleted@{}", event.ts_ms);
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    let mut tx = c.transaction()?;
+                    if tx.execute("DELETE FROM tenants WHERE name = $1", &[&name])? == 0 {
+                        return Err(StoreError::NotFound(format!("tenant {name}")));
+                    }
+                    let keys = tx.execute(
+                        "UPDATE keys SET revoked_ms = $2 WHERE tenant = $1 AND revoked_ms IS NULL",
+                        &[&name as P<'_>, &event.ts_ms],
+                    )?;
+                    let batches = tx.execute(
+                        "UPDATE batches SET tenant = $2 WHERE tenant = $1",
+                        &[&name as P<'_>, &retired_owner],
+                    )?;
+                    pgstate::bump(&mut tx, "tenants_generation")?;
+                    pgstate::bump(&mut tx, "keys_generation")?;
+                    let event = pg_append_in(&mut tx, event)?;
+                    tx.commit()?;
+                    Ok(Retired {
+                        event,
+                        keys_revoked: keys,
+                        batches_retired: batches,
+                    })
+                });
+            }
+        };
+        let tx = immediate(&conn)?;
+        if tx.execute("DELETE FROM tenants WHERE name = ?1", [name])? == 0 {
+            return Err(StoreError::NotFound(format!("tenant {name}")));
+        }
+        let keys = tx.execute(
+            "UPDATE keys SET revoked_ms = ?2 WHERE tenant = ?1 AND revoked_ms IS NULL",
+            params![name, event.ts_ms],
+        )?;
+        let batches = tx.execute(
+            "UPDATE batches SET tenant = ?2 WHERE tenant = ?1",
+            params![name, retired_owner],
+        )?;
+        bump(&tx)?;
+        tx.execute("UPDATE meta SET v = v + 1 WHERE k = 'keys_generation'", [])?;
+        let event = append_in(&tx, event)?;
+        tx.commit()?;
+        Ok(Retired {
+            event,
+            keys_revoked: u64::try_from(keys).unwrap_or(u64::MAX),
+            batches_retired: u64::try_from(batches).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// Tenants deleted for good ([`Store::retire_tenant`]) at or after `since_ms`, each with
+    /// its latest deletion time (Unix ms), by name. Read from the audit chain, which records
+    /// every deletion in the same transaction and is never rewritten.
+    pub fn tenant_deletions_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        const SQL_PG: &str = "SELECT target, max(ts_ms) FROM audit
+             WHERE action = 'tenant.delete' AND after IS NULL AND ts_ms >= $1
+             GROUP BY target ORDER BY target";
+        let conn = match self.db()? {
+            Db::Sqlite(conn) => conn,
+            Db::Postgres(pg) => {
+                return pg.with(|c| {
+                    Ok(c.query(SQL_PG, &[&since_ms])?
+                        .iter()
+                        .map(|r| (r.get(0), r.get(1)))
+                        .collect())
+                });
+            }
+        };
+        let mut stmt = conn.prepare(
+            "SELECT target, max(ts_ms) FROM audit
+             WHERE action = 'tenant.delete' AND after IS NULL AND ts_ms >= ?1
+             GROUP BY target ORDER BY target",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// A counter bumped by every tenant change: gateways poll it to pick up changes made by

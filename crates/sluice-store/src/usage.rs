@@ -304,6 +304,17 @@ impl LedgerDb {
             .collect())
     }
 
+    /// `tenant`'s spend (micro-dollars) in rows at or after `since_ms`.
+    pub fn tenant_spend_since(&self, tenant: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let rows = self.query(
+            "SELECT CAST(COALESCE(sum(cost_micros), 0) AS BIGINT) FROM ledger
+             WHERE tenant = ?1 AND ts_ms >= ?2",
+            &[Arg::Text(tenant.to_owned()), Arg::Int(since_ms)],
+            1,
+        )?;
+        Ok(rows.first().and_then(|r| r.first()).map_or(0, Val::int))
+    }
+
     /// Totals for `q`: grouped by time first (chronologically) if a time grouping is asked for,
     /// then largest token users first.
     pub fn usage(&self, q: &UsageQuery) -> Result<Vec<UsageRow>, StoreError> {

@@ -197,6 +197,91 @@ fn tenants(b: &dyn Backend) {
     assert_eq!(s.audit_events(None, 100).unwrap().last().unwrap().ts_ms, 8);
 }
 
+/// A tenant deleted for good takes its keys and batches with it: one created later under the
+/// same name starts with neither (and its budgets count from the deletion on).
+fn tenant_retirement(b: &dyn Backend) {
+    let s = b.store();
+    let del = |ts: i64| NewEvent {
+        ts_ms: ts,
+        actor: "ops-alice".into(),
+        action: "tenant.delete".into(),
+        target: "web".into(),
+        before: Some("{\"name\":\"web\"}".into()),
+        after: None,
+    };
+    s.put_tenant("web", "{\"name\":\"web\"}", &ev(1, "web"))
+        .unwrap();
+    s.put_tenant("api", "{\"name\":\"api\"}", &ev(1, "api"))
+        .unwrap();
+    let old = s.create_key("web", "ci", None, 2).unwrap();
+    let already = s.create_key("web", "old", None, 2).unwrap();
+    s.revoke_key(&already.record.id, 3).unwrap();
+    let other = s.create_key("api", "ci", None, 2).unwrap();
+    s.record_batch("msgbatch_web", "web", &old.record.id, 3)
+        .unwrap();
+    s.record_batch("msgbatch_api", "api", &other.record.id, 3)
+        .unwrap();
+    assert!(s.tenant_deletions_since(0).unwrap().is_empty());
+    let kg = s.keys_generation().unwrap();
+
+    // The deletion event must say what it is (that is how the deletion is found again).
+    assert!(matches!(
+        s.retire_tenant("web", &ev(4, "web")),
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(s.tenant_row("web").unwrap().is_some());
+
+    let r = s.retire_tenant("web", &del(10)).unwrap();
+    assert_eq!((r.keys_revoked, r.batches_retired), (1, 1));
+    assert_eq!(r.event.action, "tenant.delete");
+    assert!(s.tenant_row("web").unwrap().is_none());
+    assert!(s.keys_generation().unwrap() > kg, "key rings must reload");
+    let active: Vec<String> = s.active_keys().unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(active, vec![other.record.id.clone()]);
+    assert_eq!(s.get_key(&old.record.id).unwrap().revoked_ms, Some(10));
+    assert_eq!(
+        s.get_key(&already.record.id).unwrap().revoked_ms,
+        Some(3),
+        "an earlier revocation keeps its time"
+    );
+    assert_eq!(
+        s.tenant_deletions_since(0).unwrap(),
+        vec![("web".to_owned(), 10)]
+    );
+    assert!(s.tenant_deletions_since(11).unwrap().is_empty());
+
+    // The same name again: nothing of the old tenant is its.
+    s.put_tenant("web", "{\"name\":\"web\"}", &ev(20, "web"))
+        .unwrap();
+    assert!(s.active_keys().unwrap().iter().all(|k| k.tenant != "web"));
+    assert_ne!(
+        s.batch_owner("msgbatch_web").unwrap().as_deref(),
+        Some("web")
+    );
+    assert!(
+        s.list_batches("web", None, None, 100)
+            .unwrap()
+            .ids
+            .is_empty()
+    );
+    assert_eq!(
+        s.batch_owner("msgbatch_api").unwrap().as_deref(),
+        Some("api")
+    );
+    // Deleted twice: the latest deletion counts.
+    s.retire_tenant("web", &del(30)).unwrap();
+    assert_eq!(
+        s.tenant_deletions_since(0).unwrap(),
+        vec![("web".to_owned(), 30)]
+    );
+    assert!(matches!(
+        s.retire_tenant("web", &del(31)),
+        Err(StoreError::NotFound(_))
+    ));
+    let v = s.verify_audit().unwrap();
+    assert_eq!(v.broken, None);
+}
+
 fn audit_chain(b: &dyn Backend) {
     let s = b.store();
     let v = s.verify_audit().unwrap();
@@ -248,6 +333,11 @@ macro_rules! conformance {
             fn tenants() {
                 let Some(b) = super::$backend() else { return };
                 super::tenants(&b);
+            }
+            #[test]
+            fn tenant_retirement() {
+                let Some(b) = super::$backend() else { return };
+                super::tenant_retirement(&b);
             }
             #[test]
             fn audit_chain() {

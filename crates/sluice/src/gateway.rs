@@ -176,7 +176,8 @@ fn fallbacks(cfg: &Config) -> Vec<(String, Vec<StepSpec>)> {
 }
 
 /// The limiter of `cfg`'s backend, with every tenant's spend so far this day and month read
-/// back from the ledger (so a restart does not reset budgets).
+/// back from the ledger (so a restart does not reset budgets), counted from a tenant's latest
+/// deletion when it was deleted in the period (so a re-created one does not inherit it).
 async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limiter> {
     let backend = match cfg.limits.backend {
         LimiterBackend::Local => Backend::Local(LocalBackend::new()),
@@ -197,10 +198,20 @@ async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limit
     let url = cfg.store.database_url.clone();
     let spend = tokio::task::spawn_blocking(move || {
         let db = sluice_store::LedgerDb::open(&s, url.as_deref())?;
-        Ok::<_, sluice_store::StoreError>((
-            db.spend_since(day_start)?,
-            db.spend_since(month_start)?,
-        ))
+        let mut daily = db.spend_since(day_start)?;
+        let mut monthly = db.spend_since(month_start)?;
+        // A tenant deleted this month may have been re-created under the same name: its
+        // budgets count only what was spent after the deletion (the old rows stay, as history).
+        for (tenant, deleted) in s.tenant_deletions_since(month_start)? {
+            for (rows, start) in [(&mut daily, day_start), (&mut monthly, month_start)] {
+                if deleted >= start {
+                    let since = db.tenant_spend_since(&tenant, deleted)?;
+                    rows.retain(|(t, _)| *t != tenant);
+                    rows.push((tenant.clone(), since));
+                }
+            }
+        }
+        Ok::<_, sluice_store::StoreError>((daily, monthly))
     })
     .await?;
     let (daily, monthly) = match spend {
@@ -422,6 +433,7 @@ async fn serve(
     })?;
     let grace = Duration::from_secs(cfg.server.shutdown_grace_secs);
     let tenants = cfg.tenants.len();
+    let cfg_public_url_unset = cfg.server.public_url.is_none();
     let config = sluice_config::shared(cfg);
     let shared = config.clone();
     let limiter = build_limiter(&config.load_full(), &store).await?;
@@ -442,6 +454,11 @@ async fn serve(
     let control = start_control(&state, shared, file_cfg, tenants_gen, control)?;
     let app = sluice_proxy::router(state);
     tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
+    if cfg_public_url_unset {
+        tracing::warn!(
+            "server.public_url is not set: batch results_url is built from the client's Host header over http://; set it to the URL clients reach the gateway at"
+        );
+    }
     if tenants == 0 {
         tracing::warn!(
             "no [[tenants]] in the config: every key will be refused (see examples/sluice.toml)"

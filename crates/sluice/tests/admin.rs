@@ -631,3 +631,105 @@ async fn audit_verify_in_the_cli_finds_an_edited_row() {
     assert_eq!(v.as_array().unwrap().len(), 3);
     assert_eq!(v[0]["action"], "tenant.create");
 }
+
+/// Spend `key`'s tenant's small daily budget: calls until the limiter refuses one (429).
+async fn spend_budget(env: &Env, key: &str) {
+    for _ in 0..100 {
+        let r = env.post_messages(key, SMALL).send().await.unwrap();
+        match r.status().as_u16() {
+            200 => {}
+            429 => {
+                let v: Value = r.json().await.unwrap();
+                assert!(v.to_string().contains("budget"), "{v}");
+                return;
+            }
+            s => panic!("unexpected status {s}"),
+        }
+    }
+    panic!("the budget never ran out: make it smaller");
+}
+
+#[tokio::test]
+async fn a_tenant_re_created_after_deletion_inherits_no_key_batch_or_spend() {
+    let a = admin_env("").await;
+    let tenant = json!({"name": "search", "budget_daily_usd": 0.01});
+    let (s, v) = a.post("/admin/v1/tenants", tenant.clone()).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .post("/admin/v1/keys", json!({"tenant": "search", "label": "ci"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let old_key = v["secret"].as_str().unwrap().to_owned();
+    wait_status(&a.env, &old_key, 200).await;
+    let create = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/batch_create_request.json"
+    ))
+    .unwrap();
+    let r = a
+        .env
+        .http
+        .post(a.env.url("/v1/messages/batches"))
+        .header("x-api-key", &old_key)
+        .body(create)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let batch = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get_batch = |key: String| {
+        let (http, url) = (
+            a.env.http.clone(),
+            a.env.url(&format!("/v1/messages/batches/{batch}")),
+        );
+        async move {
+            let r = http.get(url).header("x-api-key", key).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    assert_eq!(get_batch(old_key.clone()).await, 200);
+    spend_budget(&a.env, &old_key).await;
+
+    // Delete, then create the same name again, with a key of its own.
+    let (s, v) = a
+        .call(reqwest::Method::DELETE, "/admin/v1/tenants/search", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = a.get("/admin/v1/keys?tenant=search").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["data"][0]["status"], "revoked", "{v}");
+    let (s, v) = a.post("/admin/v1/tenants", tenant).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = a
+        .post("/admin/v1/keys", json!({"tenant": "search", "label": "ci"}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let new_key = v["secret"].as_str().unwrap().to_owned();
+
+    // The new tenant's budget starts from zero: its first call is admitted.
+    let r = wait_status(&a.env, &new_key, 200).await;
+    assert_eq!(r.status(), 200);
+    // The old key is refused as unknown, and stays refused.
+    for _ in 0..5 {
+        let r = a.env.post_messages(&old_key, SMALL).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // The old tenant's batch does not exist for the new one.
+    assert_eq!(get_batch(new_key.clone()).await, 404);
+    let list: Value = a
+        .env
+        .http
+        .get(a.env.url("/v1/messages/batches"))
+        .header("x-api-key", &new_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"], json!([]), "{list}");
+}

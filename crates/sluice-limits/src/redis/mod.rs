@@ -94,8 +94,8 @@ const ADMIT: &str = include_str!("admit.lua");
 const SETTLE: &str = include_str!("settle.lua");
 const OBSERVE: &str = include_str!("observe.lua");
 
-/// How to reach Redis and what to do without it.
-#[derive(Debug, Clone)]
+/// How to reach Redis and what to do without it. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct RedisOptions {
     /// `redis://host:port[/db]`.
     pub url: String,
@@ -123,6 +123,19 @@ impl Default for RedisOptions {
             fallback_share: 0.5,
             caller_clock: false,
         }
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &sluice_core::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("fail_mode", &self.fail_mode)
+            .field("fallback_share", &self.fallback_share)
+            .field("caller_clock", &self.caller_clock)
+            .finish()
     }
 }
 
@@ -251,6 +264,10 @@ enum Job {
         micros: u64,
         ttl_ms: u64,
     },
+    /// Counters to delete (a deleted tenant's spend), after every job queued before.
+    Forget {
+        keys: Vec<String>,
+    },
     Flush(oneshot::Sender<bool>),
 }
 
@@ -287,7 +304,7 @@ impl RedisBackend {
         let client = match Client::open(opts.url.as_str()) {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(url = %opts.url, error = %e, "invalid Redis URL: limiting locally");
+                tracing::error!(url = %sluice_core::redact_url(&opts.url), error = %e, "invalid Redis URL: limiting locally");
                 None
             }
         };
@@ -538,6 +555,19 @@ impl RedisBackend {
         });
     }
 
+    /// Drop a tenant's spend for `day` and `month` (it was deleted: a tenant created later
+    /// under its name starts from zero), in the fallback now and in Redis through the job
+    /// queue, after the spend already queued (so none of it comes back).
+    pub fn forget_spend(&self, tenant: &str, day: u32, month: u32) {
+        self.shared.local.forget_spend(tenant);
+        self.enqueue(Job::Forget {
+            keys: vec![
+                self.spend_key(tenant, Period::Day, day),
+                self.spend_key(tenant, Period::Month, month),
+            ],
+        });
+    }
+
     /// A tenant's spend in Redis for `day` and `month` (micro-dollars; 0 where no counter).
     pub async fn spend(
         &self,
@@ -723,9 +753,9 @@ async fn reconnect_loop(sh: Arc<Shared>) {
             Ok(live) => {
                 sh.live.store(Some(Arc::new(live)));
                 if first {
-                    tracing::info!(url = %sh.opts.url, "Redis limiter connected");
+                    tracing::info!(url = %sluice_core::redact_url(&sh.opts.url), "Redis limiter connected");
                 } else {
-                    tracing::info!(url = %sh.opts.url, "Redis limiter reachable again; using it");
+                    tracing::info!(url = %sluice_core::redact_url(&sh.opts.url), "Redis limiter reachable again; using it");
                 }
                 logged = false;
             }
@@ -733,7 +763,7 @@ async fn reconnect_loop(sh: Arc<Shared>) {
                 if first && !logged {
                     sh.outages.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
-                        url = %sh.opts.url,
+                        url = %sluice_core::redact_url(&sh.opts.url),
                         error = %e,
                         fail_mode = ?sh.opts.fail_mode,
                         "Redis limiter unreachable at startup; falling back until it answers"
@@ -979,6 +1009,9 @@ fn add_job(sh: &Shared, pipe: &mut ::redis::Pipeline, j: &Job) {
                 .arg("NX")
                 .arg("PX")
                 .arg(*ttl_ms);
+        }
+        Job::Forget { keys } => {
+            pipe.cmd("DEL").arg(keys);
         }
         // Never batched (see job_loop); a harmless command keeps replies aligned if it were.
         Job::Flush(_) => {
