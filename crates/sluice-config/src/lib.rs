@@ -330,6 +330,19 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return bad("server.max_body_bytes must be greater than 0".into());
         }
+        // A zero timeout would close every connection at once; the cap is a semaphore's size.
+        for (key, v) in [
+            ("header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("idle_timeout_secs", self.server.idle_timeout_secs),
+        ] {
+            if v == 0 {
+                return bad(format!("server.{key} must be greater than 0"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return bad("server.max_connections must be between 1 and 1000000".into());
+        }
         limits::validate(&self.limits, &self.org, &self.tenants).map_err(ConfigError::Invalid)?;
         for p in &self.prices {
             p.validate()

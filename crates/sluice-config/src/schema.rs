@@ -95,6 +95,17 @@ pub struct ServerConfig {
     pub public_url: Option<String>,
     /// On SIGTERM/Ctrl-C, how long in-flight requests (streams included) may take to finish.
     pub shutdown_grace_secs: u64,
+    /// Longest a client may take to send a request's headers, from its first byte (or from
+    /// connecting, for a connection's first request); then the connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// Longest a client may take to send a whole request body, from when the gateway starts
+    /// reading it; then 408 `timeout_error`.
+    pub body_read_timeout_ms: u64,
+    /// How long an idle keep-alive connection (between requests) is kept open.
+    pub idle_timeout_secs: u64,
+    /// Most client connections open at once; at the cap the gateway stops accepting (new
+    /// connections wait in the listen backlog) until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +115,10 @@ impl Default for ServerConfig {
             max_body_bytes: 32 * 1024 * 1024,
             public_url: None,
             shutdown_grace_secs: 30,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            idle_timeout_secs: 75,
+            max_connections: 10_000,
         }
     }
 }

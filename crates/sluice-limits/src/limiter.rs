@@ -878,6 +878,87 @@ impl Limiter {
         Box::pin(self.wait_for_room(w, first)).await
     }
 
+    /// Whether a Messages call of `tenant` is certain to be refused, judged from what is known
+    /// before its body is read (so a refused client is not buffered first): its daily or
+    /// monthly budget is already spent, or its own tenant-wide request bucket is empty for
+    /// longer than it may wait (`max_wait_ms`). The refusal is the one [`Limiter::acquire`]
+    /// would give. Nothing is taken: a call that passes still goes through `acquire`, which
+    /// alone admits. Model-class buckets and the org pool need the model, so they are not
+    /// looked at.
+    ///
+    /// Only the in-process backend is looked at: with Redis the look would be a round trip
+    /// per call on top of the admission's, so there every call's body is read first.
+    pub fn precheck(
+        &self,
+        cfg: &Arc<Config>,
+        tenant: &Arc<str>,
+        unix_ms: i64,
+    ) -> Result<(), Box<Refused>> {
+        let Backend::Local(b) = &self.0.backend else {
+            return Ok(());
+        };
+        let policy = self.policy(cfg);
+        let Some(tp) = policy.tenants.get(&**tenant) else {
+            return Ok(());
+        };
+        let refuse = |d: Denial, now_us: u64| {
+            // Built only to word a refusal: the tenant's own scope, as an admission lists it.
+            let req = AdmitRequest {
+                tenant: tenant.clone(),
+                scopes: tp.wide.iter().cloned().collect(),
+                demand: Demand {
+                    requests: 1,
+                    ..Demand::default()
+                },
+                budget: None,
+            };
+            let views: Vec<ScopeView> = req.scopes.iter().map(|s| b.view(s, now_us)).collect();
+            let view = TenantView::from_outcome(&req, &views);
+            Err(self.refuse(describe(&req, d, view, unix_ms), None))
+        };
+        if tp.daily_micros.is_some() || tp.monthly_micros.is_some() {
+            let (day, month) = day_and_month(unix_ms);
+            let sp = b.spend(tenant);
+            let checks = [
+                (Period::Day, tp.daily_micros, sp.day == day, sp.day_micros),
+                (
+                    Period::Month,
+                    tp.monthly_micros,
+                    sp.month == month,
+                    sp.month_micros,
+                ),
+            ];
+            for (period, limit, current, spent) in checks {
+                if let Some(limit) = limit
+                    && current
+                    && spent >= limit
+                {
+                    let d = Denial::Budget {
+                        period,
+                        limit_micros: limit,
+                        spent_micros: spent,
+                    };
+                    return refuse(d, self.now_us());
+                }
+            }
+        }
+        if let Some(wide) = &tp.wide {
+            let now = self.now_us();
+            if let Some(wait) = b.request_wait_us(wide, now)
+                && wait > 0
+                && Duration::from_micros(wait) > tp.max_wait
+            {
+                let d = Denial::Wait {
+                    scope: 0,
+                    dimension: Dimension::Requests,
+                    retry_after_us: wait,
+                };
+                return refuse(d, now);
+            }
+        }
+        Ok(())
+    }
+
     /// Everything about a call that admission needs, or the permit of a call that nothing
     /// limits.
     fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {

@@ -343,6 +343,18 @@ impl LocalBackend {
         }
     }
 
+    /// Microseconds until `scope`'s request bucket has a request to spare (0: it has one now),
+    /// taking nothing. `None` when the scope limits no requests, holds less than one (that is
+    /// an admission's to explain) or has not been used yet (so it is full).
+    pub fn request_wait_us(&self, scope: &Scope, now_us: u64) -> Option<u64> {
+        let c = self.find(scope)?;
+        let mut b = lock(&*c);
+        scope.rates.apply_to(&mut b, now_us);
+        let r = b.requests.as_mut().filter(|r| r.capacity() >= 1)?;
+        r.refill(now_us);
+        Some(r.wait_us(1))
+    }
+
     /// The current view of one scope (for headers on calls that were never admitted, metrics).
     pub fn view(&self, scope: &Scope, now_us: u64) -> ScopeView {
         match self.find(scope) {

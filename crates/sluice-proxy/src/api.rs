@@ -181,7 +181,21 @@ impl Call {
         {
             return Err(GatewayError::TooLarge(max));
         }
-        match Limited::new(body, max).collect().await {
+        // A total time, not an idle one: a body dribbled a byte at a time stays "active" forever.
+        let limit = Duration::from_millis(self.cfg.server.body_read_timeout_ms);
+        let collected = match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
+            Ok(c) => c,
+            Err(_) => {
+                tracing::warn!(
+                    request_id = %self.request_id,
+                    tenant = %self.tenant,
+                    timeout_ms = self.cfg.server.body_read_timeout_ms,
+                    "request body not received in time; refused with 408"
+                );
+                return Err(GatewayError::BodyTimeout(limit));
+            }
+        };
+        match collected {
             Ok(c) => {
                 let b = c.to_bytes();
                 self.rec.keep_request_body(&b);
@@ -586,6 +600,15 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         Ok(c) => c,
         Err(r) => return *r,
     };
+    if endpoint == "messages" {
+        // Refuse a tenant that is certain to be refused before buffering its body.
+        step!(
+            call,
+            s.limiter()
+                .precheck(&call.cfg, &call.tenant, s.clock().unix_ms())
+                .map_err(GatewayError::Limited)
+        );
+    }
     let bytes = step!(call, call.read_body(&parts, body).await);
     let info = step!(call, parse_message_request(&bytes));
     call.rec.set_model(&info.model);

@@ -1,7 +1,8 @@
 //! One call's record. A [`CallRecorder`] is created once the caller is authenticated and is
 //! finished exactly once: by the handler, by the streaming body when the stream ends, or by its
 //! own `Drop` when the client went away first (outcome `client_closed`, with whatever usage was
-//! seen). Finishing queues the ledger row (never blocking) and writes the call's log line.
+//! seen) or the server dropped the call when the shutdown grace ran out (outcome `shutdown`,
+//! status 503). Finishing queues the ledger row (never blocking) and writes the call's log line.
 
 use crate::state::AppState;
 use bytes::Bytes;
@@ -59,6 +60,11 @@ struct BodyLog {
 const LOG_BODY_MAX: usize = 64 * 1024;
 
 impl CallRecorder {
+    /// Resolves when the shutdown grace runs out (a stream body ends itself then).
+    pub(crate) fn grace_over(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.state.grace_over()
+    }
+
     pub(crate) fn new(state: AppState, row: LedgerRow, start: Instant, log_bodies: bool) -> Self {
         Self {
             state,
@@ -186,7 +192,8 @@ impl CallRecorder {
         self.in_flight = None;
         if let Some(p) = self.permit.take() {
             row.waited_ms = duration_ms(p.waited());
-            if end.outcome == "client_closed" && end.usage == Usage::default() {
+            if matches!(end.outcome, "client_closed" | "shutdown") && end.usage == Usage::default()
+            {
                 // Nothing is known of what the upstream did: keep the whole reservation
                 // (dropping the permit does) and charge nothing we cannot show.
                 drop(p);
@@ -246,13 +253,24 @@ impl CallRecorder {
 impl Drop for CallRecorder {
     fn drop(&mut self) {
         // Reached only when nobody finished the call: the client went away while we waited for
-        // the upstream (dropping the handler's future cancels the upstream request too).
+        // the upstream (dropping the handler's future cancels the upstream request too), or
+        // the server dropped the call because the shutdown grace ran out.
         if self.row.is_some() {
-            self.finish(Ending {
-                status: 499,
-                outcome: "client_closed",
-                ..Ending::default()
-            });
+            let end = if self.state.grace_is_over() {
+                Ending {
+                    status: 503,
+                    outcome: "shutdown",
+                    error_type: Some("api_error".into()),
+                    ..Ending::default()
+                }
+            } else {
+                Ending {
+                    status: 499,
+                    outcome: "client_closed",
+                    ..Ending::default()
+                }
+            };
+            self.finish(end);
         }
     }
 }

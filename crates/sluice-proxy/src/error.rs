@@ -47,6 +47,12 @@ pub enum GatewayError {
     /// The client's body could not be read (it disconnected or sent a broken body).
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    /// The client did not send its whole body within `server.body_read_timeout_ms`.
+    #[error(
+        "the request body did not arrive within {} ms (server.body_read_timeout_ms); send it faster or in a smaller request",
+        .0.as_millis()
+    )]
+    BodyTimeout(std::time::Duration),
     /// No upstream response.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
@@ -82,7 +88,7 @@ impl GatewayError {
                 ErrorKind::InvalidRequest
             }
             Self::TooLarge(_) => ErrorKind::RequestTooLarge,
-            Self::Upstream(UpstreamError::Timeout(_)) => ErrorKind::Timeout,
+            Self::Upstream(UpstreamError::Timeout(_)) | Self::BodyTimeout(_) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::UpstreamUnavailable(_) => ErrorKind::Overloaded,
@@ -99,6 +105,9 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             Self::Upstream(UpstreamError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            // The client's fault, in time: 408 is what SDKs retry, and `timeout_error` is the
+            // upstream's word for a timeout (its own 408s carry it too).
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Limited(r) if r.reason == RefusalReason::Unavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -117,6 +126,7 @@ impl GatewayError {
             Self::Upstream(UpstreamError::Timeout(_)) => "upstream_timeout",
             Self::Upstream(_) => "upstream_unreachable",
             Self::UpstreamBody => "upstream_disconnected",
+            Self::BodyTimeout(_) => "client_timeout",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
             Self::Internal(_) => "gateway_error",
             Self::Limited(r) => match r.reason {

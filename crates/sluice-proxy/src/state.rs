@@ -35,6 +35,8 @@ struct Inner {
     id_counter: AtomicU64,
     metrics: Metrics,
     auth_failure: std::sync::OnceLock<AuthFailureHook>,
+    /// Cancelled when the shutdown grace runs out (see [`AppState::end_of_grace`]).
+    grace_over: tokio_util::sync::CancellationToken,
 }
 
 /// Told about every call refused before authentication completed (missing, unknown, revoked
@@ -66,6 +68,7 @@ impl AppState {
             id_prefix: u32::from_le_bytes(seed),
             id_counter: AtomicU64::new(0),
             auth_failure: std::sync::OnceLock::new(),
+            grace_over: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -80,6 +83,23 @@ impl AppState {
         if let Some(h) = self.0.auth_failure.get() {
             h(parts, e);
         }
+    }
+
+    /// The shutdown grace ran out: every open stream ends now with an `event: error`, and every
+    /// call still in flight is recorded with outcome `shutdown` (streams by their body, the
+    /// rest when the server drops them).
+    pub fn end_of_grace(&self) {
+        self.0.grace_over.cancel();
+    }
+
+    /// Whether the shutdown grace has run out (an atomic load).
+    pub fn grace_is_over(&self) -> bool {
+        self.0.grace_over.is_cancelled()
+    }
+
+    /// Resolves when the shutdown grace runs out (a stream body waits on it).
+    pub(crate) fn grace_over(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.grace_over.clone().cancelled_owned()
     }
 
     /// The current config snapshot (an `Arc`, safe to hold across `.await`).

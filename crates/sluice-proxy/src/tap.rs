@@ -10,14 +10,18 @@
 //! - the upstream sent nothing for `upstream.stream_idle_timeout_ms` → Sluice appends its own
 //!   `event: error` and ends the stream (closing the upstream connection) → outcome
 //!   `upstream_stalled`, with the usage seen so far. A healthy long stream has no total limit.
+//! - the shutdown grace ran out while the stream was still going → Sluice appends its own
+//!   `event: error` (`api_error`) and ends the stream, so the client knows the reply is
+//!   incomplete before the gateway closes its connection → outcome `shutdown`, with the usage
+//!   seen so far.
+//! - the client went away → this body is dropped, which drops the upstream body and so closes
+//!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
+//!   seen so far.
 //!
 //! A stream that ends before its final `message_delta` (any of the cut endings, or an error
 //! event) is charged its input and the output estimated from the content deltas seen, never less
 //! than the last count reported ([`sluice_anthropic::StreamSummary::charged_usage`]); the ledger
 //! row says the output is an estimate.
-//! - the client went away → this body is dropped, which drops the upstream body and so closes
-//!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
-//!   seen so far.
 
 use crate::call::{CallRecorder, Ending};
 use bytes::Bytes;
@@ -48,6 +52,9 @@ pub struct TapBody {
     /// operation per idle period instead of one per event.
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     last_frame: Instant,
+    /// Resolves when the shutdown grace runs out. Boxed once per stream (it is `!Unpin`) and
+    /// polled only when the upstream has nothing to give.
+    grace_over: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
 }
 
 impl TapBody {
@@ -59,7 +66,9 @@ impl TapBody {
         idle: Option<Duration>,
     ) -> Self {
         let now = Instant::now();
+        let grace_over = Box::pin(call.grace_over());
         Self {
+            grace_over,
             inner,
             tap: SseTap::new(),
             call,
@@ -102,6 +111,16 @@ impl TapBody {
         b.extend_from_slice(b"\n\n");
         b.extend_from_slice(&ev);
         Some(b.freeze())
+    }
+
+    fn end_shutdown(&mut self) -> Option<Bytes> {
+        self.tap.finish();
+        tracing::warn!("shutdown grace over; ending a stream still in flight");
+        let end = self.ending("shutdown", Some("api_error".into()));
+        self.call.finish(end);
+        Some(injected(
+            "the gateway is shutting down and could not finish this reply in time; it is incomplete",
+        ))
     }
 
     fn ending(&self, outcome: &'static str, error_type: Option<String>) -> Ending {
@@ -152,6 +171,17 @@ impl TapBody {
     }
 }
 
+/// A Sluice `event: error`, preceded by a blank line: the upstream may have stopped mid-line,
+/// and the blank line ends whatever partial event the client holds (a no-op at an event
+/// boundary), so this one parses.
+fn injected(message: &str) -> Bytes {
+    let ev = sse_error_event("api_error", message);
+    let mut b = bytes::BytesMut::with_capacity(ev.len() + 2);
+    b.extend_from_slice(b"\n\n");
+    b.extend_from_slice(&ev);
+    b.freeze()
+}
+
 impl Drop for TapBody {
     fn drop(&mut self) {
         if matches!(self.phase, Phase::Streaming) {
@@ -178,6 +208,9 @@ impl Body for TapBody {
                         // The error event is the last frame; dropping this body afterwards
                         // closes the upstream connection.
                         return Poll::Ready(this.end_stalled().map(|b| Ok(Frame::data(b))));
+                    }
+                    if this.grace_over.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(this.end_shutdown().map(|b| Ok(Frame::data(b))));
                     }
                     this.phase = Phase::Streaming;
                     Poll::Pending

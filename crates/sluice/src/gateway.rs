@@ -26,6 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+pub use crate::transport::raise_nofile_limit;
+
 /// Resolve the upstream key: `upstream.api_key`, else the variable named by `api_key_env`.
 pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
     if let Some(k) = &cfg.upstream.api_key {
@@ -452,7 +454,7 @@ async fn serve(
         let _ = slot.set(state.clone());
     }
     let control = start_control(&state, shared, file_cfg, tenants_gen, control)?;
-    let app = sluice_proxy::router(state);
+    let app = sluice_proxy::router(state.clone());
     tracing::info!(addr = %listener.local_addr()?, tenants, "sluice listening");
     if cfg_public_url_unset {
         tracing::warn!(
@@ -465,26 +467,42 @@ async fn serve(
         );
     }
 
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let notify = stopping.clone();
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        // Small request/response exchanges must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-    });
-    // The peer address feeds the audit trail's failed-authentication source.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: draining in-flight calls");
-        notify.notify_one();
-    });
-    let result = tokio::select! {
-        r = server => r.map_err(anyhow::Error::from),
-        () = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "grace period over; closing the remaining connections");
-            Ok(())
-        }
+    let max = cfg_max_connections(&state);
+    let limits = crate::transport::Limits {
+        header_read: Duration::from_millis(state.config().server.header_read_timeout_ms),
+        idle: Duration::from_secs(state.config().server.idle_timeout_secs),
+        max_connections: max,
     };
+    let conns = Arc::new(tokio::sync::Semaphore::new(max));
+    let stop = crate::transport::Stop::default();
+    let accept = tokio::spawn(crate::transport::accept_loop(
+        listener,
+        app,
+        limits,
+        conns.clone(),
+        stop.clone(),
+    ));
+    shutdown.await;
+    tracing::info!("shutting down: draining in-flight calls");
+    stop.drain.cancel();
+    let _ = accept.await;
+    // Every connection holds a permit until it closes: all of them back means all are closed.
+    let permits = u32::try_from(max).unwrap_or(u32::MAX);
+    let all_closed = || {
+        let c = conns.clone();
+        async move { drop(c.acquire_many(permits).await) }
+    };
+    if tokio::time::timeout(grace, all_closed()).await.is_err() {
+        tracing::warn!(?grace, "grace period over; ending the remaining calls");
+        // Streams end with an error event and record `shutdown`; give those events a moment
+        // to reach their clients, then drop what is left (each dropped call records
+        // `shutdown` too), and wait for the drops so every row is queued before the flush.
+        state.end_of_grace();
+        let _ = tokio::time::timeout(Duration::from_millis(500), all_closed()).await;
+        stop.kill.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(2), all_closed()).await;
+    }
+    let result = Ok(());
     refresher.abort();
     drop(alerts);
     drop(control);
@@ -496,6 +514,11 @@ async fn serve(
         "ledger flushed; stopped"
     );
     result
+}
+
+/// `server.max_connections`, as the listener and the open-files check use it.
+fn cfg_max_connections(state: &AppState) -> usize {
+    state.config().server.max_connections.max(1)
 }
 
 /// Control-plane options of [`start_with`] and [`run_with`].

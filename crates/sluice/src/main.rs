@@ -63,6 +63,8 @@ async fn serve(cli: &Cli, args: &cli::ServeArgs) -> anyhow::Result<()> {
         gateway::upstream_members(&cfg, None)?;
         None
     };
+    // Each client connection is a file descriptor.
+    gateway::raise_nofile_limit(cfg.server.max_connections);
     let listener = TcpListener::bind(&cfg.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.server.listen))?;

@@ -96,8 +96,7 @@ pub async fn env_with(opts: Opts) -> Env {
         r#"
 [server]
 listen = "127.0.0.1:0"
-shutdown_grace_secs = 5
-{extra}
+{grace}{extra}
 [upstream]
 base_url = "{upstream}"
 {upstream_extra}
@@ -119,6 +118,12 @@ log_bodies = true
 name = "legacy"
 enabled = false
 "#,
+        // A test may set its own grace.
+        grace = if opts.extra_config.contains("shutdown_grace_secs") {
+            ""
+        } else {
+            "shutdown_grace_secs = 5\n"
+        },
         extra = opts.extra_config,
         upstream_extra = upstream_extra,
         // Every gateway of a test run gets its own admin port (unless the test sets its own).
