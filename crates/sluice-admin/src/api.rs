@@ -467,7 +467,11 @@ async fn upstream(State(a): State<Admin>, _actor: Actor) -> Res {
             })
         })
         .collect();
-    ok(StatusCode::OK, json!({ "members": members }))
+    let limiter = sluice_proxy::api::limiter_status(a.reloader().app());
+    ok(
+        StatusCode::OK,
+        json!({ "members": members, "limiter": limiter }),
+    )
 }
 
 async fn reload(State(a): State<Admin>, actor: Actor) -> Res {

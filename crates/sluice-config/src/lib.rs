@@ -8,6 +8,9 @@
 mod limits;
 mod prices;
 mod schema;
+mod secret;
+
+pub use secret::SecretString;
 
 pub use limits::{
     FailMode, KeepFree, LimitSet, LimiterBackend, LimitsConfig, ModelClass, OrgConfig, Priority,
@@ -75,11 +78,30 @@ fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
             message.push(if ch == '\n' { ' ' } else { ch });
         }
     }
+    if let Some(key) = e.span().and_then(|sp| key_before(text, sp.start)) {
+        message.push_str(&format!(" (key `{key}`)"));
+    }
     ConfigError::Parse {
         line,
         column,
         message,
     }
+}
+
+/// The bare key whose value starts at `at` (`key = value`, also inside an inline table), so an
+/// error can name it without quoting the line: keys are names, values may be secrets. Anything
+/// that is not a plain key (letters, digits, `_`, `-`, `.`) is not shown.
+fn key_before(text: &str, at: usize) -> Option<&str> {
+    let before = text.get(..at)?;
+    let line = before.rsplit('\n').next()?;
+    let (lhs, _) = line.rsplit_once('=')?;
+    let key = lhs.rsplit(['{', ',']).next()?.trim();
+    let plain = !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    plain.then_some(key)
 }
 
 impl Config {
@@ -340,6 +362,16 @@ impl Config {
                 return bad(format!("server.{key} must be greater than 0"));
             }
         }
+        if let Some(p) = self
+            .server
+            .trusted_proxies
+            .iter()
+            .find(|p| schema::parse_proxy(p).is_none())
+        {
+            return bad(format!(
+                "server.trusted_proxies: {p:?} is not an IP address or CIDR range"
+            ));
+        }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             return bad("server.max_connections must be between 1 and 1000000".into());
         }
@@ -458,6 +490,13 @@ mod tests {
         }
         let err = Config::from_toml("[server]\nlisten = 5\n").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+        // The key is named (a name, not a value), also inside an inline table.
+        assert!(err.to_string().contains("`listen`"), "{err}");
+        let err = Config::from_toml(
+            "[[tenants]]\nname = \"a\"\nlimits = { requests_per_minute = \"lots\" }\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("`requests_per_minute`"), "{err}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! organisation pool, priorities and spend budgets. The semantics live in `sluice-limits`;
 //! this module only says what can be written and rejects what makes no sense.
 
+use crate::SecretString;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -157,7 +158,7 @@ pub struct LimitsConfig {
     /// Where bucket state lives.
     pub backend: LimiterBackend,
     /// Redis URL (for `backend = "redis"`).
-    pub redis_url: String,
+    pub redis_url: SecretString,
     /// Prefix of every Redis key (so several gateways or tests can share one Redis).
     pub redis_prefix: String,
     /// Longest wait for one Redis call before the replica treats Redis as unreachable.
@@ -185,7 +186,7 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             backend: LimiterBackend::Local,
-            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_url: SecretString::from("redis://127.0.0.1:6379"),
             redis_prefix: "sluice".into(),
             redis_timeout_ms: 100,
             fail_mode: FailMode::Local,
@@ -254,12 +255,11 @@ pub(crate) fn validate(
         return Err("limits.output_window and limits.redis_timeout_ms must be > 0".into());
     }
     if limits.backend == LimiterBackend::Redis
-        && !(limits.redis_url.starts_with("redis://") || limits.redis_url.starts_with("rediss://"))
+        && !(limits.redis_url.expose().starts_with("redis://")
+            || limits.redis_url.expose().starts_with("rediss://"))
     {
-        return Err(format!(
-            "limits.redis_url {:?} must start with redis:// or rediss://",
-            limits.redis_url
-        ));
+        // The URL may carry a password: it is not quoted.
+        return Err("limits.redis_url must start with redis:// or rediss://".into());
     }
     let mut names = std::collections::HashSet::new();
     for c in &limits.classes {

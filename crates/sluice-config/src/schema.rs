@@ -1,6 +1,7 @@
 //! The TOML schema. Every table rejects unknown keys, so a typo is an error at load, not a
 //! silently ignored setting. Defaults are chosen so an empty file runs a working gateway.
 
+use crate::SecretString;
 use crate::limits::{LimitSet, LimitsConfig, OrgConfig, Priority};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -91,8 +92,12 @@ pub struct ServerConfig {
     /// Largest request body accepted (bytes); larger gets 413 `request_too_large`.
     pub max_body_bytes: usize,
     /// The gateway's own address as clients reach it, used to rewrite batch `results_url`.
-    /// When unset, `http://` plus the request's `Host` header is used.
+    /// When unset, `http://` plus the request's `Host` header is used (or what a trusted proxy
+    /// says in `forwarded` / `x-forwarded-proto` / `x-forwarded-host`).
     pub public_url: Option<String>,
+    /// Peers (IP addresses or CIDR ranges) whose `forwarded` and `x-forwarded-*` headers are
+    /// believed: the load balancers in front of the gateway. Anyone else's are ignored.
+    pub trusted_proxies: Vec<String>,
     /// On SIGTERM/Ctrl-C, how long in-flight requests (streams included) may take to finish.
     pub shutdown_grace_secs: u64,
     /// Longest a client may take to send a request's headers, from its first byte (or from
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 32 * 1024 * 1024,
             public_url: None,
+            trusted_proxies: Vec::new(),
             shutdown_grace_secs: 30,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 60_000,
@@ -132,7 +138,7 @@ pub struct UpstreamConfig {
     /// Name of the environment variable holding the upstream API key.
     pub api_key_env: String,
     /// The key itself. Prefer `api_key_env`: a key in a file is easier to leak.
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     /// `[[upstream.members]]`: several keys to spread calls over. When empty, the single key
     /// above is the one member.
     pub members: Vec<UpstreamMember>,
@@ -243,7 +249,7 @@ pub struct UpstreamMember {
     /// Anthropic: name of the environment variable holding this member's key.
     pub api_key_env: Option<String>,
     /// Anthropic: the key itself. Prefer `api_key_env`.
-    pub api_key: Option<String>,
+    pub api_key: Option<SecretString>,
     /// Endpoint override: for `anthropic` the API's base URL (default `upstream.base_url`); for
     /// `bedrock` the runtime endpoint (default `https://bedrock-runtime.{region}.amazonaws.com`);
     /// for `vertex` the API endpoint (default `https://{region}-aiplatform.googleapis.com`).
@@ -262,11 +268,11 @@ pub struct UpstreamMember {
     /// Bedrock: environment variable of the access key id (default `AWS_ACCESS_KEY_ID`).
     pub aws_access_key_id_env: Option<String>,
     /// Bedrock: the access key id itself. Prefer the `_env` form.
-    pub aws_access_key_id: Option<String>,
+    pub aws_access_key_id: Option<SecretString>,
     /// Bedrock: environment variable of the secret key (default `AWS_SECRET_ACCESS_KEY`).
     pub aws_secret_access_key_env: Option<String>,
     /// Bedrock: the secret key itself. Prefer the `_env` form.
-    pub aws_secret_access_key: Option<String>,
+    pub aws_secret_access_key: Option<SecretString>,
     /// Bedrock: environment variable of a session token (default `AWS_SESSION_TOKEN`, used
     /// when set).
     pub aws_session_token_env: Option<String>,
@@ -317,7 +323,7 @@ pub struct StoreConfig {
     pub ledger_flush_interval_ms: u64,
     /// PostgreSQL URL of the ledger (`postgres://user[:password]@host[:port]/db`), shared by
     /// every replica. Unset: the ledger is in the SQLite database at `path`.
-    pub database_url: Option<String>,
+    pub database_url: Option<SecretString>,
     /// Where ledger rows wait on disk while Postgres cannot take them. Unset: `<path>-spool`,
     /// next to the SQLite state file. One gateway process per directory.
     pub spool_dir: Option<String>,
@@ -325,7 +331,30 @@ pub struct StoreConfig {
     pub spool_max_bytes: u64,
 }
 
+impl ServerConfig {
+    /// Whether `peer` is one of `trusted_proxies` (entries that do not parse match nothing;
+    /// validation refuses them).
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|p| match parse_proxy(p) {
+            Some(net) => net.contains(&peer),
+            None => false,
+        })
+    }
+}
+
+/// A `trusted_proxies` entry: a CIDR range, or one address.
+pub(crate) fn parse_proxy(p: &str) -> Option<ipnet::IpNet> {
+    p.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 impl StoreConfig {
+    /// The Postgres URL, when one is set (it may carry a password: never log it as is).
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_ref().map(SecretString::expose)
+    }
+
     /// The spool directory in force: `spool_dir`, else `<path>-spool`.
     pub fn spool_dir(&self) -> String {
         self.spool_dir

@@ -715,57 +715,46 @@ async fn healthz() -> Response {
 }
 
 /// Ready when keys are loaded and the ledger writer runs: before that, calls would be refused
-/// or go unrecorded.
+/// or go unrecorded. The route is public (load balancers probe it), so it says only whether and,
+/// in one word, why not; member names, loads and the limiter's state are on the admin listener
+/// (`GET /admin/v1/upstream`).
 async fn readyz(State(s): State<AppState>) -> Response {
-    let keys = s.keys().is_loaded();
+    match readiness(&s) {
+        None => json_status(StatusCode::OK, r#"{"status":"ready"}"#),
+        Some(reason) => json_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(r#"{{"status":"not_ready","reason":"{reason}"}}"#),
+        ),
+    }
+}
+
+/// Why the gateway cannot serve yet (`None`: it can). The shared limiter being away does not
+/// make it unready: it serves on under its `fail_mode`.
+fn readiness(s: &AppState) -> Option<&'static str> {
+    if !s.keys().is_loaded() {
+        return Some("keys");
+    }
     let ledger = s
         .ledger()
         .stats()
         .alive
         .load(std::sync::atomic::Ordering::Relaxed);
-    // The shared limiter being away does not make the gateway unready: it serves on under
-    // its fail_mode. It is shown so an operator sees it.
-    // Member health: names and states only, never keys.
-    let upstream = s
-        .upstream()
-        .health()
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            serde_json::json!({
-                "name": m.name,
-                "provider": s.upstream().provider(i).as_str(),
-                "weight": m.weight,
-                "in_flight": m.in_flight,
-                "state": m.state,
-                "cooling_down_ms": m.cooling_down_ms,
-                "consecutive_failures": m.consecutive_failures,
-                "requests": m.requests,
-                "failures": m.failures,
-            })
-        })
-        .collect::<Vec<_>>();
-    let upstream = serde_json::Value::from(upstream).to_string();
-    let limiter = match s.limiter().backend() {
-        Backend::Local(_) => r#"{"backend":"local"}"#.to_owned(),
+    (!ledger).then_some("ledger")
+}
+
+/// The limiter's state as the admin API shows it.
+pub fn limiter_status(s: &AppState) -> serde_json::Value {
+    match s.limiter().backend() {
+        Backend::Local(_) => serde_json::json!({ "backend": "local" }),
         Backend::Redis(r) => {
             let st = r.status();
-            format!(
-                r#"{{"backend":"redis","redis_up":{},"fallbacks_total":{},"outages_total":{}}}"#,
-                st.up, st.fallbacks_total, st.outages_total
-            )
+            serde_json::json!({
+                "backend": "redis",
+                "redis_up": st.up,
+                "fallbacks_total": st.fallbacks_total,
+                "outages_total": st.outages_total,
+            })
         }
-    };
-    if keys && ledger {
-        json_status(
-            StatusCode::OK,
-            &format!(r#"{{"status":"ready","limiter":{limiter},"upstream":{upstream}}}"#),
-        )
-    } else {
-        let body = format!(
-            r#"{{"status":"not_ready","keys_loaded":{keys},"ledger_writer":{ledger},"limiter":{limiter},"upstream":{upstream}}}"#
-        );
-        json_status(StatusCode::SERVICE_UNAVAILABLE, &body)
     }
 }
 

@@ -39,16 +39,75 @@ async fn blocking<T: Send + 'static>(
 
 /// The gateway's address as the client sees it.
 fn public_base(call: &Call, parts: &Parts) -> String {
-    if let Some(u) = &call.cfg.server.public_url {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    base_for(&call.cfg.server, parts, peer)
+}
+
+/// `server.public_url`, else the scheme and host the client used: as a trusted proxy reports
+/// them (RFC 7239 `forwarded`, else `x-forwarded-proto` / `x-forwarded-host`), else `http://`
+/// and `Host`. A header from any other peer is ignored: a client must not be able to point
+/// another tenant's SDK, or its own, at a host of its choosing.
+fn base_for(
+    server: &sluice_config::ServerConfig,
+    parts: &Parts,
+    peer: Option<std::net::IpAddr>,
+) -> String {
+    if let Some(u) = &server.public_url {
         return u.trim_end_matches('/').to_owned();
     }
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let h = &parts.headers;
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let mut host = text("host")
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
-    format!("http://{host}")
+    let mut proto = "http";
+    if peer.is_some_and(|p| server.is_trusted_proxy(p)) {
+        let (f_proto, f_host) = text("forwarded").map_or((None, None), forwarded);
+        if let Some(p) = f_proto.or_else(|| text("x-forwarded-proto")) {
+            match p.trim() {
+                p if p.eq_ignore_ascii_case("https") => proto = "https",
+                p if p.eq_ignore_ascii_case("http") => proto = "http",
+                _ => {}
+            }
+        }
+        if let Some(fh) = f_host.or_else(|| text("x-forwarded-host").map(str::trim))
+            && valid_host(fh)
+        {
+            host = fh;
+        }
+    }
+    if !valid_host(host) {
+        host = "localhost";
+    }
+    format!("{proto}://{host}")
+}
+
+/// `proto=` and `host=` of the first (the client-facing) element of a `forwarded` header.
+fn forwarded(v: &str) -> (Option<&str>, Option<&str>) {
+    let first = v.split(',').next().unwrap_or("");
+    let (mut proto, mut host) = (None, None);
+    for pair in first.split(';') {
+        if let Some((k, val)) = pair.split_once('=') {
+            let val = val.trim().trim_matches('"');
+            match k.trim() {
+                k if k.eq_ignore_ascii_case("proto") => proto = Some(val),
+                k if k.eq_ignore_ascii_case("host") => host = Some(val),
+                _ => {}
+            }
+        }
+    }
+    (proto, host)
+}
+
+/// A host[:port] safe to put in front of a path: no user info, path, or spaces.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// Point `results_url` at the gateway, keeping the path (and query) after the upstream's base.
@@ -322,6 +381,52 @@ fn serde_urlencoded_query(parts: &Parts) -> Result<ListParams, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn forwarded_scheme_and_host_are_believed_only_from_a_trusted_proxy() {
+        let server = sluice_config::ServerConfig {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "192.0.2.7".into()],
+            ..Default::default()
+        };
+        let parts = |hs: &[(&str, &str)]| {
+            let mut b = http::Request::builder().uri("/v1/messages/batches");
+            for (k, v) in hs {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let xf = parts(&[
+            ("host", "10.1.2.3:8080"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "gw.example.com"),
+        ]);
+        let lb: std::net::IpAddr = "10.9.9.9".parse().unwrap();
+        let stranger: std::net::IpAddr = "203.0.113.5".parse().unwrap();
+        assert_eq!(base_for(&server, &xf, Some(lb)), "https://gw.example.com");
+        assert_eq!(
+            base_for(&server, &xf, Some(stranger)),
+            "http://10.1.2.3:8080"
+        );
+        assert_eq!(base_for(&server, &xf, None), "http://10.1.2.3:8080");
+        let fw = parts(&[
+            ("host", "internal:8080"),
+            (
+                "forwarded",
+                "for=1.2.3.4;proto=https;host=\"api.example.com\", for=10.0.0.1",
+            ),
+        ]);
+        let one: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(base_for(&server, &fw, Some(one)), "https://api.example.com");
+        // A host that would smuggle user info or a path is not used.
+        let evil = parts(&[("host", "gw"), ("x-forwarded-host", "evil.com/x@y")]);
+        assert_eq!(base_for(&server, &evil, Some(lb)), "http://gw");
+        // public_url wins over everything.
+        let fixed = sluice_config::ServerConfig {
+            public_url: Some("https://sluice.corp/".into()),
+            ..server.clone()
+        };
+        assert_eq!(base_for(&fixed, &xf, Some(lb)), "https://sluice.corp");
+    }
 
     #[test]
     fn results_url_points_back_at_the_gateway() {

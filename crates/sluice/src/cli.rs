@@ -783,7 +783,7 @@ pub fn usage(cli: &Cli, args: &UsageArgs) -> anyhow::Result<()> {
 /// The state store of `cfg`: PostgreSQL when `store.database_url` is set (shared with the
 /// running replicas), else the SQLite database at `store.path`.
 fn open_state(cfg: &Config) -> anyhow::Result<Store> {
-    match cfg.store.database_url.as_deref() {
+    match cfg.store.database_url() {
         Some(url) => Store::open_postgres(url)
             .context("cannot open the state store in PostgreSQL (store.database_url)"),
         None => Store::open(&cfg.store.path)
@@ -793,7 +793,7 @@ fn open_state(cfg: &Config) -> anyhow::Result<Store> {
 
 /// The ledger of `cfg`: Postgres when `store.database_url` is set, else the state database.
 fn open_ledger(cfg: &Config) -> anyhow::Result<sluice_store::LedgerDb> {
-    if let Some(url) = cfg.store.database_url.as_deref() {
+    if let Some(url) = cfg.store.database_url() {
         // No SQLite file is needed (nor created) when everything is in Postgres.
         return sluice_store::LedgerDb::postgres(url)
             .context("cannot open the Postgres ledger (store.database_url)");

@@ -31,7 +31,7 @@ pub use crate::transport::raise_nofile_limit;
 /// Resolve the upstream key: `upstream.api_key`, else the variable named by `api_key_env`.
 pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
     if let Some(k) = &cfg.upstream.api_key {
-        return Ok(Secret::new(k.clone()));
+        return Ok(Secret::new(k.expose().to_owned()));
     }
     match std::env::var(&cfg.upstream.api_key_env) {
         Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
@@ -135,11 +135,11 @@ pub fn upstream_members(
 fn secret(
     m: &UpstreamMember,
     what: &str,
-    inline: Option<&String>,
+    inline: Option<&sluice_config::SecretString>,
     var: Option<&str>,
 ) -> anyhow::Result<Secret> {
     match (inline, var) {
-        (Some(k), _) => Ok(Secret::new(k.clone())),
+        (Some(k), _) => Ok(Secret::new(k.expose().to_owned())),
         (None, Some(var)) => match std::env::var(var) {
             Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
             _ => anyhow::bail!(
@@ -184,7 +184,7 @@ async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limit
     let backend = match cfg.limits.backend {
         LimiterBackend::Local => Backend::Local(LocalBackend::new()),
         LimiterBackend::Redis => Backend::Redis(RedisBackend::connect(RedisOptions {
-            url: cfg.limits.redis_url.clone(),
+            url: cfg.limits.redis_url.expose().to_owned(),
             prefix: cfg.limits.redis_prefix.clone(),
             timeout: Duration::from_millis(cfg.limits.redis_timeout_ms),
             fail_mode: cfg.limits.fail_mode,
@@ -197,7 +197,7 @@ async fn build_limiter(cfg: &Arc<Config>, store: &Store) -> anyhow::Result<Limit
     let (day, month) = day_and_month(now);
     let (day_start, month_start) = period_starts(now);
     let s = store.clone();
-    let url = cfg.store.database_url.clone();
+    let url = cfg.store.database_url().map(str::to_owned);
     let spend = tokio::task::spawn_blocking(move || {
         let db = sluice_store::LedgerDb::open(&s, url.as_deref())?;
         let mut daily = db.spend_since(day_start)?;
@@ -254,7 +254,7 @@ async fn start_ledger(
         batch_max: store.ledger_batch_max,
         flush_interval: Duration::from_millis(store.ledger_flush_interval_ms),
     };
-    let url = store.database_url.clone();
+    let url = store.database_url().map(str::to_owned);
     let spool = sluice_store::spool::SpoolOptions {
         max_bytes: store.spool_max_bytes,
         ..sluice_store::spool::SpoolOptions::new(store.spool_dir())
@@ -385,7 +385,10 @@ async fn serve(
 ) -> anyhow::Result<()> {
     // With `database_url` the state store (keys, batches, tenants, audit) is in PostgreSQL,
     // shared with every other replica; else in the SQLite database beside the ledger.
-    let (store_path, url) = (cfg.store.path.clone(), cfg.store.database_url.clone());
+    let (store_path, url) = (
+        cfg.store.path.clone(),
+        cfg.store.database_url().map(str::to_owned),
+    );
     let store =
         tokio::task::spawn_blocking(move || Store::open_config(&store_path, url.as_deref()))
             .await?

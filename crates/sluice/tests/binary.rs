@@ -264,3 +264,138 @@ async fn binary_end_to_end_never_leaks_the_upstream_key() {
         serde_json::from_slice(&sluice(dir.path(), &["keys", "list", "--json"]).stdout).unwrap();
     assert!(again[0]["revoked_ms"].is_i64());
 }
+
+/// Three secrets in a config (the upstream key, a Redis password, a Postgres password), and a
+/// syntax error on the key's line: whatever the gateway prints (start-up failures, logs while
+/// Redis refuses the password, the reload API's 422, the CLI), none of them appears.
+#[tokio::test]
+async fn secrets_in_the_config_never_reach_logs_errors_or_replies() {
+    const KEY: &str = "sk-ant-LEAKTEST-upstream-3f9a1c";
+    const REDIS_PW: &str = "redisPW-LEAKTEST-77b2";
+    const PG_PW: &str = "pgPW-LEAKTEST-55e8";
+    const ADMIN: &str = "admin-token-for-the-leak-test";
+    let dir = tempfile::tempdir().unwrap();
+    let (gw_port, admin_port) = (free_port(), free_port());
+    let mock = sluice_mock::spawn(
+        "127.0.0.1:0".parse().unwrap(),
+        sluice_mock::MockOptions::default(),
+    )
+    .await
+    .unwrap();
+    let conf = |key_line: &str, store_extra: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{gw_port}\"\n\
+             [upstream]\nbase_url = \"{}\"\n{key_line}\n\
+             [limits]\nbackend = \"redis\"\nredis_url = \"redis://:{REDIS_PW}@127.0.0.1:6379\"\n\
+             redis_timeout_ms = 100\n\
+             [store]\npath = {:?}\n{store_extra}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin_port}\"\n\
+             [[admin.tokens]]\nname = \"ops\"\ntoken_env = \"SLUICE_LEAK_ADMIN\"\n\
+             [[tenants]]\nname = \"web\"\n",
+            mock.url(),
+            dir.path().join("sluice.db").display().to_string()
+        )
+    };
+    let good_key = format!("api_key = \"{KEY}\"");
+    // The closing quote is missing: the parser's own message would quote this line.
+    let broken_key = format!("api_key = \"{KEY}");
+    let pg = format!(
+        "database_url = \"postgres://postgres:{PG_PW}@127.0.0.1:5432/sluice_leaktest_no_such_db\""
+    );
+    let path = dir.path().join("sluice.toml");
+    let mut seen = String::new();
+    let mut run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .env("SLUICE_LEAK_ADMIN", ADMIN)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen.push_str(&text);
+        (out.status.success(), text)
+    };
+    // 1. A syntax error on the key's line: serve and the CLI refuse it, naming the line.
+    std::fs::write(&path, conf(&broken_key, &pg)).unwrap();
+    let (ok, text) = run(&["serve"]);
+    assert!(!ok);
+    assert!(text.contains("line "), "{text}");
+    let (ok, _) = run(&["tenants", "list"]);
+    assert!(!ok);
+    // 2. Valid, but the Postgres database does not exist: serve fails at start.
+    std::fs::write(&path, conf(&good_key, &pg)).unwrap();
+    let (ok, text) = run(&["serve"]);
+    assert!(!ok, "{text}");
+    let (_, _) = run(&["keys", "list"]);
+    // 3. Valid on SQLite; Redis refuses the password, so the limiter logs its outages.
+    std::fs::write(&path, conf(&good_key, "")).unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .env("SLUICE_LEAK_ADMIN", ADMIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Kill(child);
+    wait_for(&format!("http://127.0.0.1:{gw_port}/healthz")).await;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("http://127.0.0.1:{gw_port}/v1/messages"))
+        .header("x-api-key", "sk-sluice-not-a-key")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&r.text().await.unwrap());
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    for p in ["/admin/v1/upstream", "/admin/openapi.json"] {
+        let r = http
+            .get(format!("{admin}{p}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        seen.push_str(&r.text().await.unwrap());
+    }
+    // The broken file again, reloaded through the API: refused with a 422.
+    std::fs::write(&path, conf(&broken_key, "")).unwrap();
+    let r = http
+        .post(format!("{admin}/admin/v1/reload"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("line "), "{body}");
+    seen.push_str(&body);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = std::mem::replace(&mut child.0, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        seen.contains("redis"),
+        "the Redis outage was not logged: {seen}"
+    );
+    for secret in [KEY, REDIS_PW, PG_PW, ADMIN] {
+        assert!(!seen.contains(secret), "{secret} leaked:\n{seen}");
+    }
+}

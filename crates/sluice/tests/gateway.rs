@@ -743,10 +743,11 @@ async fn health_endpoints_answer() {
         e.http.get(e.url("/healthz")).send().await.unwrap().status(),
         200
     );
-    assert_eq!(
-        e.http.get(e.url("/readyz")).send().await.unwrap().status(),
-        200
-    );
+    // Public readiness is a status only: no member name, load or limiter detail.
+    let r = e.http.get(e.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert_eq!(body, r#"{"status":"ready"}"#);
     let r = e.http.get(e.url("/v2/nothing")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert_error_shape(&r.json().await.unwrap(), "not_found_error");

@@ -334,3 +334,73 @@ where
     }
     out
 }
+
+/// A client that reads part of each stream and hangs up must still be charged the output it
+/// caused: with an output-tokens-per-minute limit, repeated early disconnects run the bucket
+/// dry like complete calls would, instead of being refunded to nothing.
+#[tokio::test]
+async fn repeated_disconnects_cannot_get_past_an_output_token_limit() {
+    let mut env = env_with(Opts {
+        web_extra: "limits = { output_tokens_per_minute = 2000 }".into(),
+        ..Opts::default()
+    })
+    .await;
+    let stream = format!(
+        r#"{{"model":"{MODEL}","max_tokens":3000,"stream":true,"messages":[{{"role":"user","content":"write at length"}}]}}"#
+    );
+    let (mut admitted, mut refused, mut seen_tokens) = (0u64, 0u64, 0u64);
+    for _ in 0..20 {
+        let mut r = env
+            .post_messages(&env.web_key, &stream)
+            // 5 tokens per delta, paced so the client hangs up mid-generation.
+            .header("x-mock-output-tokens", "3000")
+            .header("x-mock-event-interval-ms", "2")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            refused += 1;
+            let v: Value = r.json().await.unwrap();
+            assert!(
+                v["error"]["message"].as_str().unwrap().contains("output"),
+                "{v}"
+            );
+            continue;
+        }
+        assert_eq!(r.status(), 200);
+        admitted += 1;
+        let mut text = String::new();
+        while text.matches("event: content_block_delta").count() < 100 {
+            let chunk = r.chunk().await.unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        seen_tokens += 5 * text.matches("event: content_block_delta").count() as u64;
+        drop(r);
+        // Let the gateway notice the hang-up and settle before the next call.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let rows = env.finish().await;
+    assert!(
+        refused > 0,
+        "{admitted} disconnecting calls admitted, none refused"
+    );
+    // The bucket holds 2,000 and refills ~33/s; each admitted call generated ≥ 500 tokens.
+    assert!(
+        admitted <= 6,
+        "{admitted} calls admitted past a 2,000 OTPM limit"
+    );
+    let charged: i64 = rows
+        .iter()
+        .filter(|r| r.outcome == "client_closed")
+        .map(|r| r.output_tokens)
+        .sum();
+    assert!(
+        charged as u64 >= seen_tokens,
+        "charged {charged} output tokens, the client alone saw {seen_tokens}"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r.outcome == "client_closed")
+            .all(|r| r.usage_estimated)
+    );
+}
