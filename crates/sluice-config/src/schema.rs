@@ -406,6 +406,10 @@ pub struct TenantConfig {
     /// Spend budget per UTC calendar month, in USD.
     #[serde(default)]
     pub budget_monthly_usd: Option<f64>,
+    /// Requests per minute for the calls free upstream and charged to no bucket
+    /// (`POST /v1/messages/count_tokens`, `GET /v1/models[/{id}]`), counted per replica.
+    #[serde(default)]
+    pub count_tokens_per_minute: Option<u64>,
 }
 
 impl TenantConfig {
@@ -423,6 +427,7 @@ impl TenantConfig {
             max_wait_ms: 0,
             budget_daily_usd: None,
             budget_monthly_usd: None,
+            count_tokens_per_minute: None,
         }
     }
 }

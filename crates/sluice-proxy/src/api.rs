@@ -592,6 +592,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     // Token counting is free upstream and limited separately there; only Messages calls are
     // charged to buckets and budgets.
     let mut view = None;
+    if endpoint == "count_tokens" {
+        step!(call, free_call(&s, &call));
+    }
     if endpoint == "messages" {
         let info = CallInfo {
             tenant: &call.tenant,
@@ -668,6 +671,7 @@ async fn models(State(s): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    step!(call, free_call(&s, &call));
     let resp = step!(
         call,
         call.forward(&s, &mut parts, Bytes::new(), Endpoint::Other, None)
@@ -685,6 +689,13 @@ async fn models(State(s): State<AppState>, req: Request) -> Response {
         upstream_failure(status, &bytes)
     });
     respond(p, Body::from(bytes))
+}
+
+/// The tenant's `count_tokens_per_minute`, for calls no other bucket charges.
+fn free_call(s: &AppState, call: &Call) -> Result<(), GatewayError> {
+    s.limiter()
+        .admit_free_call(&call.cfg, &call.tenant)
+        .map_err(GatewayError::Limited)
 }
 
 async fn healthz() -> Response {
