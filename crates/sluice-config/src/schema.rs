@@ -144,6 +144,9 @@ pub struct UpstreamConfig {
     /// Retry `POST /v1/messages` after a first-byte timeout too. Off by default: the upstream
     /// has the request and may still complete and bill it, so a retry can be paid twice.
     pub retry_on_first_byte_timeout: bool,
+    /// Seconds a `GET /v1/models[/{id}]` reply is served from the in-process cache (0: never
+    /// cached).
+    pub models_cache_secs: u64,
     /// Backoff ceiling of the first retry, doubled per retry (full jitter under it).
     pub retry_base_ms: u64,
     /// Largest backoff ceiling.
@@ -180,6 +183,7 @@ impl Default for UpstreamConfig {
             max_attempts: 3,
             retry_statuses: vec![408, 429, 500, 502, 503, 504, 529],
             retry_on_first_byte_timeout: false,
+            models_cache_secs: 60,
             retry_base_ms: 250,
             retry_max_backoff_ms: 8_000,
             retry_deadline_ms: 30_000,

@@ -64,3 +64,79 @@ async fn count_tokens_per_minute_refuses_the_call_past_the_limit_for_that_tenant
         assert_eq!(count(&e.email_key).await.unwrap().status(), 200);
     }
 }
+
+async fn upstream_model_calls(e: &common::Env) -> usize {
+    e.upstream_requests()
+        .await
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().starts_with("/v1/models"))
+        .count()
+}
+
+#[tokio::test]
+async fn model_list_is_served_from_the_cache_per_version_and_beta() {
+    let e = env_with(Opts::default()).await;
+    let models = |key: &str, path: &str, beta: Option<&str>| {
+        let mut r = e
+            .http
+            .get(e.url(path))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01");
+        if let Some(b) = beta {
+            r = r.header("anthropic-beta", b);
+        }
+        r.send()
+    };
+    let first = models(&e.web_key, "/v1/models", None).await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    // Another tenant's identical call: the same reply, no second upstream call.
+    let again = models(&e.email_key, "/v1/models", None).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!(upstream_model_calls(&e).await, 1);
+    // Authentication still happens on every call.
+    assert_eq!(
+        models("sk-sluice-bogus", "/v1/models", None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // A different beta header, or a different path, is its own entry.
+    assert_eq!(
+        models(&e.web_key, "/v1/models", Some("b-1"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(upstream_model_calls(&e).await, 2);
+    let id = first["data"][0]["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let path = format!("/v1/models/{id}");
+        assert_eq!(models(&e.web_key, &path, None).await.unwrap().status(), 200);
+    }
+    assert_eq!(upstream_model_calls(&e).await, 3);
+}
+
+#[tokio::test]
+async fn model_list_cache_off_with_zero_secs() {
+    let e = env_with(Opts {
+        upstream_extra: "models_cache_secs = 0".into(),
+        ..Opts::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let r = e
+            .http
+            .get(e.url("/v1/models"))
+            .header("x-api-key", &e.web_key)
+            .header("anthropic-version", "2023-06-01")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    assert_eq!(upstream_model_calls(&e).await, 2);
+}
