@@ -71,3 +71,49 @@ async fn batch_whose_ownership_cannot_be_recorded_is_cancelled_and_reported_not_
         .unwrap();
     assert_eq!(list["data"].as_array().unwrap().len(), 0, "{list}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_many_batches_keeps_at_most_8_upstream_gets_in_flight() {
+    let e = env().await;
+    let body = create_body();
+    let mut ids = Vec::new();
+    for _ in 0..110 {
+        let r = e
+            .http
+            .post(e.url("/v1/messages/batches"))
+            .header("x-api-key", &e.web_key)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    // The latency header is forwarded on every upstream GET of the listing, so each stays in
+    // flight long enough for an unbounded fan-out to show.
+    let r = e
+        .http
+        .get(e.url("/v1/messages/batches?limit=200"))
+        .header("x-api-key", &e.web_key)
+        .header("x-mock-latency-ms", "40")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().await.unwrap();
+    let got: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(got, newest_first);
+    let peak = e.mock.stats().batch_gets_peak;
+    assert!(peak <= 8, "{peak} batch GETs in flight at once");
+    assert!(
+        peak >= 2,
+        "the listing did not fetch concurrently at all ({peak})"
+    );
+}
