@@ -296,6 +296,11 @@ pub(crate) fn validate(
         if t.weight == 0 {
             return Err(format!("tenant {name:?}: weight must be > 0"));
         }
+        if t.count_tokens_per_minute == Some(0) {
+            return Err(format!(
+                "tenant {name:?}: count_tokens_per_minute = 0 would refuse every call; leave it out for no limit"
+            ));
+        }
         for b in [t.budget_daily_usd, t.budget_monthly_usd]
             .into_iter()
             .flatten()

@@ -165,6 +165,9 @@ pub struct UpstreamConfig {
     /// Retry `POST /v1/messages` after a first-byte timeout too. Off by default: the upstream
     /// has the request and may still complete and bill it, so a retry can be paid twice.
     pub retry_on_first_byte_timeout: bool,
+    /// Seconds a `GET /v1/models[/{id}]` reply is served from the in-process cache (0: never
+    /// cached).
+    pub models_cache_secs: u64,
     /// Backoff ceiling of the first retry, doubled per retry (full jitter under it).
     pub retry_base_ms: u64,
     /// Largest backoff ceiling.
@@ -201,6 +204,7 @@ impl Default for UpstreamConfig {
             max_attempts: 3,
             retry_statuses: vec![408, 429, 500, 502, 503, 504, 529],
             retry_on_first_byte_timeout: false,
+            models_cache_secs: 60,
             retry_base_ms: 250,
             retry_max_backoff_ms: 8_000,
             retry_deadline_ms: 30_000,
@@ -450,6 +454,10 @@ pub struct TenantConfig {
     /// Spend budget per UTC calendar month, in USD.
     #[serde(default)]
     pub budget_monthly_usd: Option<f64>,
+    /// Requests per minute for the calls free upstream and charged to no bucket
+    /// (`POST /v1/messages/count_tokens`, `GET /v1/models[/{id}]`), counted per replica.
+    #[serde(default)]
+    pub count_tokens_per_minute: Option<u64>,
 }
 
 impl TenantConfig {
@@ -467,6 +475,7 @@ impl TenantConfig {
             max_wait_ms: 0,
             budget_daily_usd: None,
             budget_monthly_usd: None,
+            count_tokens_per_minute: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::presets::Presets;
 use crate::pricing::PriceTable;
 use crate::queue::{FairQueue, Place, Seat};
 use crate::redis::{RedisBackend, Via};
-use crate::{Demand, Dimension};
+use crate::{Bucket, Demand, Dimension, Rate};
 use arc_swap::ArcSwap;
 use foldhash::{HashMap, HashMapExt as _};
 use sluice_config::{Config, ModelClass, Priority, usd_to_micros};
@@ -362,6 +362,8 @@ struct Inner {
     /// scan-resistant eviction, so a burst of one-off prefixes does not forget the ones
     /// conversations keep reading (a forgotten one only makes an estimate conservative).
     prefixes: quick_cache::sync::Cache<u64, u64>,
+    /// `count_tokens_per_minute` buckets, per tenant (configured names only, so bounded).
+    free_calls: Mutex<HashMap<Arc<str>, Bucket>>,
     stats: LimiterStats,
 }
 
@@ -684,8 +686,54 @@ impl Limiter {
                 l.output_cold_default,
             ),
             prefixes: quick_cache::sync::Cache::new(PREFIX_CAP),
+            free_calls: Mutex::new(HashMap::new()),
             stats: LimiterStats::default(),
         })))
+    }
+
+    /// Admit one call of the kind free upstream (token counting, model listing) against the
+    /// tenant's `count_tokens_per_minute`, if it has one. Per replica, in process, whatever the
+    /// backend: these calls cost nothing upstream, so the limit only has to stop one tenant
+    /// flooding the organisation's key, and a replica-local bucket does that without a Redis
+    /// round trip on calls that are otherwise never limited.
+    pub fn admit_free_call(&self, cfg: &Config, tenant: &Arc<str>) -> Result<(), Box<Refused>> {
+        let Some(per_minute) = cfg.tenant(tenant).and_then(|t| t.count_tokens_per_minute) else {
+            return Ok(());
+        };
+        let rate = Rate::per_minute(per_minute);
+        let now_us = u64::try_from(self.0.origin.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut map = self
+            .0
+            .free_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let b = map
+            .entry(tenant.clone())
+            .or_insert_with(|| Bucket::full(rate, now_us));
+        if b.rate() != rate {
+            b.set_rate(rate);
+        }
+        b.refill(now_us);
+        let wait = b.wait_us(1);
+        if wait == 0 {
+            b.take(1);
+            return Ok(());
+        }
+        let view = BucketView::of(b);
+        drop(map);
+        self.0.stats.refused_tenant.fetch_add(1, Ordering::Relaxed);
+        Err(Box::new(Refused {
+            reason: RefusalReason::TenantRate,
+            message: format!(
+                "tenant '{tenant}' is over its count_tokens_per_minute limit of {per_minute} (token counting and model listing)"
+            ),
+            retry_after_secs: wait.div_ceil(1_000_000).max(1),
+            should_retry: true,
+            view: TenantView {
+                requests: Some(view),
+                ..TenantView::default()
+            },
+        }))
     }
 
     /// Every configured bucket's state now, for metrics: one entry per scope (the tenant, the

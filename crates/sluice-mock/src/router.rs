@@ -153,6 +153,31 @@ struct PendingGuard<'a> {
     armed: bool,
 }
 
+/// Counts a batch GET as in flight while it lives (dropped on every way out, including a
+/// client that goes away during the latency).
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn start(state: &'a State) -> Self {
+        let now = state
+            .stats
+            .batch_gets_in_flight
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        state.stats.batch_gets_peak.fetch_max(now, Ordering::SeqCst);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .stats
+            .batch_gets_in_flight
+            .fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
@@ -245,6 +270,7 @@ pub(crate) async fn handle(
         armed: route == Route::Messages,
     };
 
+    let _in_flight = matches!(route, Route::BatchGet(_)).then(|| InFlight::start(&state));
     let faults = parse_faults(&parts.headers);
     let latency = state.opts.latency + faults.as_ref().map_or(Duration::ZERO, |f| f.latency);
     if !latency.is_zero() {
@@ -585,6 +611,7 @@ fn introspect(state: &Arc<State>, method: &Method, what: &str, request_id: &str)
                     "requests": s.requests,
                     "messages": s.messages,
                     "streams_cancelled": s.streams_cancelled,
+                    "batch_gets_peak": s.batch_gets_peak,
                     "by_key": state.by_key(),
                 })
                 .to_string(),

@@ -28,6 +28,9 @@ pub struct MockStats {
     /// Message replies abandoned by the client before their end: mid-stream, or while the
     /// mock was still delaying or withholding the headers.
     pub streams_cancelled: u64,
+    /// Most `GET /v1/messages/batches/{id}` requests ever in flight at once (counted from
+    /// arrival through any latency to the reply), to test a client's fan-out bound.
+    pub batch_gets_peak: u64,
 }
 
 /// One request as the mock received it (kept when [`MockOptions::record`] is on).
@@ -104,6 +107,8 @@ pub(crate) struct Stats {
     pub(crate) requests: AtomicU64,
     pub(crate) messages: AtomicU64,
     pub(crate) streams_cancelled: AtomicU64,
+    pub(crate) batch_gets_in_flight: AtomicU64,
+    pub(crate) batch_gets_peak: AtomicU64,
 }
 
 impl Stats {
@@ -112,6 +117,7 @@ impl Stats {
             requests: self.requests.load(Ordering::Relaxed),
             messages: self.messages.load(Ordering::Relaxed),
             streams_cancelled: self.streams_cancelled.load(Ordering::Relaxed),
+            batch_gets_peak: self.batch_gets_peak.load(Ordering::Relaxed),
         }
     }
 }

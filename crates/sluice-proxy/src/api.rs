@@ -615,6 +615,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     // Token counting is free upstream and limited separately there; only Messages calls are
     // charged to buckets and budgets.
     let mut view = None;
+    if endpoint == "count_tokens" {
+        step!(call, free_call(&s, &call));
+    }
     if endpoint == "messages" {
         let info = CallInfo {
             tenant: &call.tenant,
@@ -684,13 +687,34 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     respond_with(p, Body::from(bytes), view.as_ref())
 }
 
-/// `GET /v1/models` and `GET /v1/models/{id}`: authenticated pass-through.
+/// `GET /v1/models` and `GET /v1/models/{id}`: authenticated pass-through, repeats served from
+/// a short cache (`upstream.models_cache_secs`).
 async fn models(State(s): State<AppState>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let mut call = match Call::start(&s, &parts, "models") {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    step!(call, free_call(&s, &call));
+    let ttl = Duration::from_secs(call.cfg.upstream.models_cache_secs);
+    let key = (!ttl.is_zero())
+        .then(|| crate::models_cache::ModelsCache::key(path_and_query(&parts.uri), &parts.headers));
+    if let Some(c) = key.as_deref().and_then(|k| s.models_cache().get(k, ttl)) {
+        call.rec.finish(Ending {
+            status: c.status.as_u16(),
+            outcome: "ok",
+            ..Ending::default()
+        });
+        let mut r = http::Response::new(());
+        *r.status_mut() = c.status;
+        *r.headers_mut() = c.headers;
+        // No upstream request was made for this call: its id is the gateway's.
+        if let Ok(v) = http::HeaderValue::from_str(&call.request_id) {
+            r.headers_mut().insert("request-id", v);
+        }
+        let (p, ()) = r.into_parts();
+        return respond(p, Body::from(c.body));
+    }
     let resp = step!(
         call,
         call.forward(&s, &mut parts, Bytes::new(), Endpoint::Other, None)
@@ -698,6 +722,15 @@ async fn models(State(s): State<AppState>, req: Request) -> Response {
     );
     let status = resp.status();
     let (p, bytes) = step!(call, buffered(resp).await);
+    // Only successes: an error (a 429, a 5xx) must not be replayed after it has cleared.
+    if let Some(k) = key.filter(|_| status == StatusCode::OK) {
+        let reply = crate::models_cache::Cached {
+            status,
+            headers: p.headers.clone(),
+            body: bytes.clone(),
+        };
+        s.models_cache().put(k, reply, ttl);
+    }
     call.rec.finish(if status.is_success() {
         Ending {
             status: status.as_u16(),
@@ -708,6 +741,13 @@ async fn models(State(s): State<AppState>, req: Request) -> Response {
         upstream_failure(status, &bytes)
     });
     respond(p, Body::from(bytes))
+}
+
+/// The tenant's `count_tokens_per_minute`, for calls no other bucket charges.
+fn free_call(s: &AppState, call: &Call) -> Result<(), GatewayError> {
+    s.limiter()
+        .admit_free_call(&call.cfg, &call.tenant)
+        .map_err(GatewayError::Limited)
 }
 
 async fn healthz() -> Response {

@@ -194,6 +194,8 @@ async fn object_call(
     }
     let base = public_base(&call, &parts);
     let bytes = step!(call, call.read_body(&parts, body).await);
+    // `forward` takes the headers; a create may need them again to cancel what it made.
+    let create_headers = (endpoint == "batches.create").then(|| parts.headers.clone());
     let resp = step!(
         call,
         call.forward(&s, &mut parts, bytes, Endpoint::Other, None)
@@ -224,7 +226,14 @@ async fn object_call(
                 // Ownership must be on disk before the client can ask for the batch.
                 step!(
                     call,
-                    blocking(&s, move |st| st.record_batch(&id, &tenant, &key_id, now)).await
+                    record_or_cancel(
+                        &s,
+                        &call,
+                        &parts,
+                        create_headers.unwrap_or_default(),
+                        (id, tenant, key_id, now)
+                    )
+                    .await
                 );
             } else {
                 tracing::warn!(request_id = %call.request_id, "batch created upstream without an id in the reply");
@@ -235,6 +244,72 @@ async fn object_call(
     let out = batch_object_body(&call, &base, &bytes);
     call.rec.finish(ok(status));
     respond(p, Body::from(out))
+}
+
+/// Pauses before the 2nd and 3rd ownership write. SQLite's busy handler already waits up to
+/// `busy_timeout` (5 s) inside each try; the pauses are for failures it does not absorb (a
+/// Postgres connection that broke is replaced on the next call).
+const RECORD_BACKOFF: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(800),
+];
+
+/// Record the owner of the batch the upstream just created, retrying; if that still fails,
+/// cancel the batch upstream and fail the call. An unrecorded batch would be an orphan: it runs
+/// (and bills) on the organisation's key, yet no tenant can see, cancel or delete it, and the
+/// client, told of a failure, would create it again. Cancelling makes "not created" true enough
+/// that the client's retry is safe (a cancelled batch bills only what already ran).
+async fn record_or_cancel(
+    s: &AppState,
+    call: &Call,
+    parts: &Parts,
+    mut h: http::HeaderMap,
+    (id, tenant, key_id, now): (String, String, String, i64),
+) -> Result<(), GatewayError> {
+    let mut tries = 0;
+    let last = loop {
+        let (i, t, k) = (id.clone(), tenant.clone(), key_id.clone());
+        match blocking(s, move |st| st.record_batch(&i, &t, &k, now)).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(request_id = %call.request_id, batch = %id, error = %e, "batch ownership write failed");
+                match RECORD_BACKOFF.get(tries) {
+                    Some(d) => tokio::time::sleep(*d).await,
+                    None => break e,
+                }
+                tries += 1;
+            }
+        }
+    };
+    crate::headers::for_upstream(&mut h);
+    let beta = parts
+        .uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "beta=true"));
+    let pq = format!(
+        "/v1/messages/batches/{id}/cancel{}",
+        if beta { "?beta=true" } else { "" }
+    );
+    match s
+        .upstream()
+        .send(http::Method::POST, &pq, h, Bytes::new())
+        .await
+    {
+        Ok(resp) if resp.status().is_success() => {
+            tracing::error!(request_id = %call.request_id, batch = %id, "batch ownership not recorded; batch cancelled upstream");
+        }
+        Ok(resp) => {
+            tracing::error!(request_id = %call.request_id, batch = %id, status = resp.status().as_u16(), "batch ownership not recorded and the upstream refused to cancel it: orphaned batch");
+        }
+        Err(e) => {
+            tracing::error!(request_id = %call.request_id, batch = %id, error = %e, "batch ownership not recorded and cancelling it upstream failed: orphaned batch");
+        }
+    }
+    let why = match last {
+        GatewayError::Internal(m) => m,
+        other => other.to_string(),
+    };
+    Err(GatewayError::BatchNotRecorded(why))
 }
 
 /// `GET /v1/messages/batches/{id}/results`: streamed through untouched (results can be large).

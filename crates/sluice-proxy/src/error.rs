@@ -76,6 +76,12 @@ pub enum GatewayError {
     /// A fault inside the gateway (e.g. the state database failed).
     #[error("gateway internal error: {0}")]
     Internal(String),
+    /// The upstream created a batch but its ownership could not be recorded; the batch was
+    /// cancelled upstream (best effort), so for the client it was not created.
+    #[error(
+        "the batch was not created: the gateway could not record its ownership ({0}); it was cancelled upstream, retrying is safe"
+    )]
+    BatchNotRecorded(String),
 }
 
 impl GatewayError {
@@ -90,6 +96,7 @@ impl GatewayError {
             Self::TooLarge(_) => ErrorKind::RequestTooLarge,
             Self::Upstream(UpstreamError::Timeout(_)) | Self::BodyTimeout(_) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,
+            Self::BatchNotRecorded(_) => ErrorKind::Api,
             Self::NotFound(_) => ErrorKind::NotFound,
             Self::UpstreamUnavailable(_) => ErrorKind::Overloaded,
             Self::Limited(r) if r.reason == RefusalReason::Unavailable => ErrorKind::Api,
@@ -115,6 +122,8 @@ impl GatewayError {
             // 503 rather than overloaded_error's usual 529: it is this gateway that refuses,
             // for a known time, not the upstream that is overloaded.
             Self::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // Temporary (the state store is busy or away), and nothing was left behind.
+            Self::BatchNotRecorded(_) => StatusCode::SERVICE_UNAVAILABLE,
             other => StatusCode::from_u16(other.kind().default_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -128,7 +137,7 @@ impl GatewayError {
             Self::UpstreamBody => "upstream_disconnected",
             Self::BodyTimeout(_) => "client_timeout",
             Self::UpstreamUnavailable(_) => "upstream_unavailable",
-            Self::Internal(_) => "gateway_error",
+            Self::Internal(_) | Self::BatchNotRecorded(_) => "gateway_error",
             Self::Limited(r) => match r.reason {
                 RefusalReason::TenantRate => "limited_tenant",
                 RefusalReason::OrgPool => "limited_org",

@@ -16,6 +16,7 @@ pub mod call;
 pub mod error;
 pub mod headers;
 pub mod metrics;
+pub mod models_cache;
 pub mod state;
 pub mod tap;
 

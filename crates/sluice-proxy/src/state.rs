@@ -34,6 +34,7 @@ struct Inner {
     id_prefix: u32,
     id_counter: AtomicU64,
     metrics: Metrics,
+    models_cache: crate::models_cache::ModelsCache,
     auth_failure: std::sync::OnceLock<AuthFailureHook>,
     /// Cancelled when the shutdown grace runs out (see [`AppState::end_of_grace`]).
     grace_over: tokio_util::sync::CancellationToken,
@@ -64,6 +65,7 @@ impl AppState {
         let metrics = Metrics::new(parts.config.clone(), parts.limiter.clone(), members);
         Self(Arc::new(Inner {
             metrics,
+            models_cache: crate::models_cache::ModelsCache::default(),
             parts,
             id_prefix: u32::from_le_bytes(seed),
             id_counter: AtomicU64::new(0),
@@ -130,6 +132,11 @@ impl AppState {
     /// The limiter.
     pub fn limiter(&self) -> &Limiter {
         &self.0.parts.limiter
+    }
+
+    /// Recent model-list replies.
+    pub fn models_cache(&self) -> &crate::models_cache::ModelsCache {
+        &self.0.models_cache
     }
 
     /// The metrics registry (rendered by [`crate::metrics::render`]).
