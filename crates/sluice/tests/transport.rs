@@ -202,3 +202,29 @@ async fn at_the_end_of_the_grace_streams_get_an_error_event_and_every_call_its_r
     let j = shut.iter().find(|r| !r.streamed).expect("no JSON call row");
     assert_eq!(j.status, 503);
 }
+
+#[tokio::test]
+async fn a_spent_budget_is_refused_from_the_headers_before_the_body() {
+    let mut env = env_with(Opts {
+        web_extra: "max_wait_ms = 0\nbudget_daily_usd = 0.02".into(),
+        ..Opts::default()
+    })
+    .await;
+    let addr = env.gw.as_ref().unwrap().addr();
+    // The reservation (the cold output default, 1,024 tokens: ~$0.015) fits the $0.02 budget;
+    // the reply's 2,000 output tokens (~$0.03) overspend it.
+    let big = r#"{"model":"claude-sonnet-4-5","max_tokens":2000,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = env
+        .post_messages(&env.web_key, big)
+        .header("x-mock-output-tokens", "2000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let reply = head_only(addr, &env.web_key, 30_000_000).await;
+    assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
+    assert!(reply.contains("budget"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("x-should-retry: false"), "{reply}");
+    let rows = env.finish().await;
+    assert_eq!(rows.last().unwrap().outcome, "limited_budget");
+}
