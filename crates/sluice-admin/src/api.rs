@@ -448,25 +448,7 @@ async fn usage(
 }
 
 async fn upstream(State(a): State<Admin>, _actor: Actor) -> Res {
-    let up = a.reloader().app().upstream();
-    let members: Vec<Value> = up
-        .health()
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            json!({
-                "name": h.name,
-                "provider": up.provider(i).as_str(),
-                "weight": h.weight,
-                "state": h.state,
-                "cooling_down_ms": h.cooling_down_ms,
-                "consecutive_failures": h.consecutive_failures,
-                "requests": h.requests,
-                "failures": h.failures,
-                "in_flight": h.in_flight,
-            })
-        })
-        .collect();
+    let members = sluice_proxy::api::member_status(a.reloader().app());
     let limiter = sluice_proxy::api::limiter_status(a.reloader().app());
     ok(
         StatusCode::OK,

@@ -782,6 +782,28 @@ fn readiness(s: &AppState) -> Option<&'static str> {
     (!ledger).then_some("ledger")
 }
 
+/// Each upstream member's health as the admin API shows it: names and states, never keys.
+pub fn member_status(s: &AppState) -> Vec<serde_json::Value> {
+    let up = s.upstream();
+    up.health()
+        .into_iter()
+        .enumerate()
+        .map(|(i, h)| {
+            serde_json::json!({
+                "name": h.name,
+                "provider": up.provider(i).as_str(),
+                "weight": h.weight,
+                "state": h.state,
+                "cooling_down_ms": h.cooling_down_ms,
+                "consecutive_failures": h.consecutive_failures,
+                "requests": h.requests,
+                "failures": h.failures,
+                "in_flight": h.in_flight,
+            })
+        })
+        .collect()
+}
+
 /// The limiter's state as the admin API shows it.
 pub fn limiter_status(s: &AppState) -> serde_json::Value {
     match s.limiter().backend() {

@@ -226,25 +226,7 @@ async fn pool_env(weight_a: u32, upstream: &str) -> common::Env {
 
 /// Member health as the admin API shows it (`GET /admin/v1/upstream`), read in process.
 async fn readyz_members(env: &common::Env) -> Vec<serde_json::Value> {
-    let s = env.gw.as_ref().unwrap().state().unwrap();
-    let up = s.upstream();
-    up.health()
-        .into_iter()
-        .enumerate()
-        .map(|(i, h)| {
-            serde_json::json!({
-                "name": h.name,
-                "provider": up.provider(i).as_str(),
-                "weight": h.weight,
-                "state": h.state,
-                "cooling_down_ms": h.cooling_down_ms,
-                "consecutive_failures": h.consecutive_failures,
-                "requests": h.requests,
-                "failures": h.failures,
-                "in_flight": h.in_flight,
-            })
-        })
-        .collect()
+    sluice_proxy::api::member_status(env.gw.as_ref().unwrap().state().unwrap())
 }
 
 fn ledger_upstreams(env: &common::Env) -> Vec<Option<String>> {

@@ -224,7 +224,10 @@ async fn a_spent_budget_is_refused_from_the_headers_before_the_body() {
     let reply = head_only(addr, &env.web_key, 30_000_000).await;
     assert!(reply.starts_with("HTTP/1.1 429"), "{reply}");
     assert!(reply.contains("budget"), "{reply}");
-    assert!(reply.to_ascii_lowercase().contains("x-should-retry: false"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("x-should-retry: false"),
+        "{reply}"
+    );
     let rows = env.finish().await;
     assert_eq!(rows.last().unwrap().outcome, "limited_budget");
 }
