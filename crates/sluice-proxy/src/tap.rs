@@ -103,14 +103,9 @@ impl TapBody {
         tracing::warn!(idle_ms = ms as u64, "upstream stream stalled; ending it");
         let end = self.ending("upstream_stalled", Some("api_error".into()));
         self.call.finish(end);
-        let ev = sse_error_event(
-            "api_error",
-            &format!("upstream sent nothing for {ms} ms; the reply is incomplete"),
-        );
-        let mut b = bytes::BytesMut::with_capacity(ev.len() + 2);
-        b.extend_from_slice(b"\n\n");
-        b.extend_from_slice(&ev);
-        Some(b.freeze())
+        Some(injected(&format!(
+            "upstream sent nothing for {ms} ms; the reply is incomplete"
+        )))
     }
 
     fn end_shutdown(&mut self) -> Option<Bytes> {
@@ -159,15 +154,7 @@ impl TapBody {
             )
         };
         self.call.finish(end);
-        // The upstream may have stopped mid-line; a blank line first ends whatever partial
-        // event the client holds (and is a no-op at an event boundary), so our event parses.
-        inject.map(|m| {
-            let ev = sse_error_event("api_error", m);
-            let mut b = bytes::BytesMut::with_capacity(ev.len() + 2);
-            b.extend_from_slice(b"\n\n");
-            b.extend_from_slice(&ev);
-            b.freeze()
-        })
+        inject.map(injected)
     }
 }
 
