@@ -172,11 +172,7 @@ impl Call {
     pub async fn read_body(&mut self, parts: &Parts, body: Body) -> Result<Bytes, GatewayError> {
         let max = self.cfg.server.max_body_bytes;
         // Refuse a declared oversize body before reading a byte of it.
-        if let Some(len) = parts
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+        if let Some(len) = declared_len(&parts.headers)
             && len > max as u64
         {
             return Err(GatewayError::TooLarge(max));
@@ -593,6 +589,17 @@ async fn count_tokens(State(s): State<AppState>, req: Request) -> Response {
     message_call(s, req, "count_tokens").await
 }
 
+/// Declared bodies up to this size are read before admission is looked at (see
+/// [`Limiter::precheck`](sluice_limits::limiter::Limiter::precheck)).
+const PRECHECK_FROM: u64 = 64 * 1024;
+
+/// The body length the client declared in `content-length`, if any.
+fn declared_len(h: &http::HeaderMap) -> Option<u64> {
+    h.get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Response {
     let (mut parts, body) = req.into_parts();
@@ -600,8 +607,10 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         Ok(c) => c,
         Err(r) => return *r,
     };
-    if endpoint == "messages" {
-        // Refuse a tenant that is certain to be refused before buffering its body.
+    if endpoint == "messages" && declared_len(&parts.headers).is_none_or(|n| n > PRECHECK_FROM) {
+        // Refuse a tenant that is certain to be refused before buffering its (large or
+        // unannounced) body. A small body is read at once, and admission refuses it just the
+        // same, so it does not pay for the limiter's locks twice.
         step!(
             call,
             s.limiter()
