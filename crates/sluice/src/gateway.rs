@@ -470,10 +470,12 @@ async fn serve(
         );
     }
 
-    let max = cfg_max_connections(&state);
+    let server_cfg = state.config().server.clone();
+    // Validation keeps it within 1..=1_000_000, so the permit count below fits a u32.
+    let max = server_cfg.max_connections.max(1);
     let limits = crate::transport::Limits {
-        header_read: Duration::from_millis(state.config().server.header_read_timeout_ms),
-        idle: Duration::from_secs(state.config().server.idle_timeout_secs),
+        header_read: Duration::from_millis(server_cfg.header_read_timeout_ms),
+        idle: Duration::from_secs(server_cfg.idle_timeout_secs),
         max_connections: max,
     };
     let conns = Arc::new(tokio::sync::Semaphore::new(max));
@@ -505,7 +507,6 @@ async fn serve(
         stop.kill.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), all_closed()).await;
     }
-    let result = Ok(());
     refresher.abort();
     drop(alerts);
     drop(control);
@@ -516,12 +517,7 @@ async fn serve(
         dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed),
         "ledger flushed; stopped"
     );
-    result
-}
-
-/// `server.max_connections`, as the listener and the open-files check use it.
-fn cfg_max_connections(state: &AppState) -> usize {
-    state.config().server.max_connections.max(1)
+    Ok(())
 }
 
 /// Control-plane options of [`start_with`] and [`run_with`].
