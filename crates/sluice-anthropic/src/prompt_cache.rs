@@ -337,13 +337,13 @@ pub fn apply(body: &[u8], layout: &CacheLayout, plan: &Plan) -> Vec<u8> {
     if layout.has_marker || layout.len != body.len() {
         return body.to_vec();
     }
-    // At most three insertions per spot, ordered by offset, then by `rank` at one offset (a
+    // At most two insertions per spot, ordered by offset, then by `rank` at one offset: a
     // wrapped string's tail, which closes the value, before a member added to the object
-    // holding it), then by the order they were made (the pieces of one tail).
-    let mut ins: [(usize, u8, usize, &[u8], &[u8]); 8] = [(usize::MAX, 0, 0, &[], &[]); 8];
+    // holding it. No two insertions share both.
+    let mut ins = [Insert::default(); 8];
     let mut n = 0;
-    let mut put = |at: usize, rank: u8, a: &'static [u8], b: &'static [u8]| {
-        ins[n] = (at, rank, n, a, b);
+    let mut put = |at: usize, rank: u8, bytes: [&'static [u8]; 3]| {
+        ins[n] = Insert { at, rank, bytes };
         n += 1;
     };
     for spot in Spot::ALL {
@@ -352,29 +352,37 @@ pub fn apply(body: &[u8], layout: &CacheLayout, plan: &Plan) -> Vec<u8> {
         };
         match bp.target {
             Target::Member { close, empty } => {
-                put(close, 1, if empty { b"" } else { b"," }, m.member());
+                put(close, 1, [if empty { b"" } else { b"," }, m.member(), b""]);
             }
             Target::Wrap { start, end } => {
-                put(start, 0, br#"[{"type":"text","text":"#, b"");
-                put(end, 0, b",", m.member());
-                put(end, 0, b"}]", b"");
+                put(start, 0, [br#"[{"type":"text","text":"#, b"", b""]);
+                put(end, 0, [b",", m.member(), b"}]"]);
             }
         }
     }
     let ins = &mut ins[..n];
-    // Unstable sort on a total key: no scratch buffer, so the output stays the one allocation.
-    ins.sort_unstable_by_key(|&(at, rank, seq, _, _)| (at, rank, seq));
-    let extra: usize = ins.iter().map(|(.., a, b)| a.len() + b.len()).sum();
+    // Unstable sort needs no scratch buffer, so the output stays the one allocation.
+    ins.sort_unstable_by_key(|i| (i.at, i.rank));
+    let extra: usize = ins.iter().flat_map(|i| i.bytes).map(<[u8]>::len).sum();
     let mut out = Vec::with_capacity(body.len() + extra);
     let mut from = 0;
-    for &(at, _, _, a, b) in ins.iter() {
-        out.extend_from_slice(&body[from..at]);
-        out.extend_from_slice(a);
-        out.extend_from_slice(b);
-        from = at;
+    for i in ins.iter() {
+        out.extend_from_slice(&body[from..i.at]);
+        for b in i.bytes {
+            out.extend_from_slice(b);
+        }
+        from = i.at;
     }
     out.extend_from_slice(&body[from..]);
     out
+}
+
+/// Bytes to insert before `body[at]`.
+#[derive(Clone, Copy, Default)]
+struct Insert {
+    at: usize,
+    rank: u8,
+    bytes: [&'static [u8]; 3],
 }
 
 // ---------------------------------------------------------------------------------------
