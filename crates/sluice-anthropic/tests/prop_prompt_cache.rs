@@ -336,6 +336,8 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("{e}: {}", String::from_utf8_lossy(&out))))?;
         prop_assert_eq!(&got, &want);
         prop_assert!(is_subsequence(&raw, &out));
+        // The markers sit where the upstream reads them.
+        prop_assert_eq!(layout(&out).unwrap().has_marker(), n > 0);
 
         prop_assert!(n <= plan.len());
         let members = [
