@@ -17,6 +17,13 @@
 //! string message `content` is wrapped into a one-text-block array around its original,
 //! still-escaped bytes. Nothing is ever re-serialised, so what the client sent is what the
 //! upstream reads, plus the markers.
+//!
+//! The walk is a small strict JSON reader of its own rather than serde visitors like
+//! [`crate::request`]: the edit needs the offset of each closing `}`, which serde does not
+//! report, and being strict (escapes, numbers, control bytes, trailing bytes) means a body it
+//! accepts is JSON, so the edited body is JSON too. [`Plan::anthropic`] and [`Plan::bedrock`]
+//! give the two provider forms: Bedrock refuses a top-level `cache_control`, so it gets an
+//! explicit breakpoint on the last user turn instead.
 
 /// Deepest nesting of arrays and objects walked; deeper bodies are refused (bounds recursion,
 /// and stays under serde_json's own limit so whatever is accepted here parses there too).
