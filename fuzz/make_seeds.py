@@ -63,3 +63,17 @@ for name, body in {
     "not_object.json": '[{"model":"m"}]',
 }.items():
     write(f"message_request/{name}", body)
+
+# prompt_cache seeds: hand-written shapes of each point a marker can go (the run also reads the
+# real-shaped bodies of fuzz/seeds/estimate_scan, so they are not copied here).
+os.makedirs(os.path.join(HERE, "seeds", "prompt_cache"), exist_ok=True)
+for name, body in {
+    "empty_object.json": "{ }",
+    "string_system.json": '{"model":"m","system":"caf\\u00e9 \\"cache_control\\"","messages":[{"role":"user","content":"hi"}]}',
+    "array_system.json": '{"system":[{"type":"text","text":"a"},{"type":"text","text":""}],"tools":[{"name":"t","input_schema":{"properties":{"cache_control":{}}}}]}',
+    "thinking_last.json": '{"messages":[{"content":[{"type":"text","text":"q"},{"type":"thinking","thinking":"t"}],"role":"user"},{"role":"assistant","content":"a"}]}',
+    "nested_marker.json": '{"messages":[{"role":"user","content":[{"type":"tool_result","tool_use_id":"1","content":[{"type":"text","text":"r","cache_control":{"type":"ephemeral"}}]}]}]}',
+    "pretty.json": '{\n  "tools" : [ { "name" : "a" } ] ,\n  "system" : "s"\n}\n',
+    "repeated_system.json": '{"system":"a","system":[]}',
+}.items():
+    write(f"prompt_cache/{name}", body)

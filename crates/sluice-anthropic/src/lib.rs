@@ -5,6 +5,7 @@
 
 pub mod content;
 pub mod error;
+pub mod prompt_cache;
 pub mod request;
 pub mod response;
 pub mod sse;
