@@ -442,6 +442,9 @@ struct BedrockRequest<'a> {
     model: Option<IgnoredAny>,
     #[serde(default)]
     stream: Option<IgnoredAny>,
+    /// Automatic caching: the Anthropic API and Vertex take it, Bedrock does not.
+    #[serde(default)]
+    cache_control: Option<IgnoredAny>,
     #[serde(borrow, default)]
     anthropic_version: Option<JsonStr<'a>>,
     #[serde(default)]
@@ -504,6 +507,7 @@ async fn answer(
     for (key, present) in [
         ("model", req.model.is_some()),
         ("stream", req.stream.is_some()),
+        ("cache_control", req.cache_control.is_some()),
     ] {
         if present {
             let message = format!(
@@ -547,7 +551,10 @@ async fn answer(
         std::future::pending::<()>().await;
     }
 
-    let mut usage = input_usage(state, sig.access_key_id, body, &model);
+    let mut usage = match input_usage(state, sig.access_key_id, body, &model) {
+        Ok(usage) => usage,
+        Err(message) => return Ok(validation(&message, request_id)),
+    };
     let (output, capped) = output_tokens(
         faults.output_tokens.or(state.opts.output_tokens),
         body.len(),

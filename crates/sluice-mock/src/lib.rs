@@ -2,8 +2,11 @@
 //!
 //! It speaks HTTP/1.1 (keep-alive, `TCP_NODELAY`) with hyper directly and answers the Messages
 //! API (JSON and SSE), token counting, the models list and Message Batches in the upstream's wire
-//! shapes, with usage that depends on the request (input ≈ body bytes / 4, prompt caching keyed
-//! on the prefix up to the last `cache_control` marker, output capped by `max_tokens`).
+//! shapes, with usage that depends on the request (input ≈ body bytes / 4, output capped by
+//! `max_tokens`) and a prompt cache modelled on the upstream's: entries written only at
+//! breakpoints (explicit `cache_control` markers and the automatic top-level one) whose prefix
+//! reaches the model's minimum, looked up at each breakpoint and up to 20 blocks before it, per
+//! key or cloud account, expiring by TTL (see `prompt_cache.rs`).
 //!
 //! Faults are injected per request through `x-mock-*` headers (a gateway passes unknown headers
 //! through, so tests set them on the client request):
@@ -39,6 +42,7 @@ mod bedrock;
 mod body;
 mod messages;
 mod models;
+mod prompt_cache;
 mod router;
 mod state;
 mod vertex;
@@ -96,6 +100,9 @@ pub struct MockOptions {
     /// The Vertex token endpoint verifies service-account JWT assertions against this RSA
     /// public key (DER `RSAPublicKey`) when set; it always checks their claims.
     pub gcp_public_key_der: Option<Vec<u8>>,
+    /// The minimum cacheable prefix in tokens for every model, in place of the upstream's
+    /// per-model minimums (`None`, the default), so tests can cache small prompts.
+    pub cache_min_tokens: Option<u64>,
 }
 
 impl Default for MockOptions {
@@ -113,6 +120,7 @@ impl Default for MockOptions {
             batch_processing: Duration::ZERO,
             aws_credentials: None,
             gcp_public_key_der: None,
+            cache_min_tokens: None,
         }
     }
 }

@@ -1,16 +1,17 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`: validation, the usage model
-//! (input ≈ bytes/4, prompt caching keyed on the prefix up to the last `cache_control` marker,
-//! output derived from the request and capped by `max_tokens`, one word of about 4 bytes per
-//! output token) and the JSON / SSE renderings.
+//! (input ≈ bytes/4, split into uncached, cache-written and cache-read tokens by the prompt-cache
+//! model of [`crate::prompt_cache`], output derived from the request and capped by `max_tokens`,
+//! one word of about 4 bytes per output token) and the JSON / SSE renderings.
 
 use std::borrow::Cow;
 use std::fmt;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 
+use crate::prompt_cache;
 use crate::state::State;
 use crate::wire::{push_json_str, push_u64};
 
@@ -104,66 +105,52 @@ pub(crate) fn input_estimate(body: &[u8]) -> u64 {
     (body.len() as u64 / 4).max(1)
 }
 
-const MARKER: &[u8] = b"\"cache_control\"";
-
-/// Splits the input estimate into uncached, cache-written and cache-read tokens.
-///
-/// The cached prefix is the body up to the last `"cache_control"`; its token count comes from
-/// those raw bytes. Whether it was seen before is keyed on a normalised form (model, then
-/// `tools`, `system`, `messages` in the upstream's cache order, up to the last marker), so that a
-/// change in `stream`, `max_tokens` or key order does not look like a new prefix, as upstream.
+/// Splits the input estimate into uncached, cache-written and cache-read tokens, with the
+/// prompt-cache model of [`crate::prompt_cache`]; `Err` is the upstream's 400 message (too many
+/// breakpoints, TTLs out of order).
 ///
 /// The cache is per `scope`: the upstream's prompt cache belongs to one organisation (one key,
 /// one cloud account), so a prefix cached under one key is a miss under another. Cache-affinity
 /// routing is measured against exactly this.
-pub(crate) fn input_usage(state: &State, scope: &str, body: &[u8], model: &str) -> Usage {
-    let total = input_estimate(body);
-    let Some(pos) = memchr::memmem::rfind(body, MARKER) else {
-        return Usage {
-            input: total,
-            ..Usage::default()
-        };
-    };
-    let cached = pos as u64 / 4;
-    let marker_end = memchr::memchr(b'}', &body[pos..]).map_or(body.len(), |i| pos + i);
-    let one_hour = memchr::memmem::find(&body[pos..marker_end], b"\"1h\"").is_some();
-    let mut usage = Usage {
-        input: total.saturating_sub(cached).max(1),
-        ..Usage::default()
-    };
-    if state.cache_seen(prefix_key(scope, body, pos, model)) {
-        usage.cache_read = cached;
-    } else if one_hour {
-        usage.cache_creation_1h = cached;
-    } else {
-        usage.cache_creation_5m = cached;
-    }
-    usage
+pub(crate) fn input_usage(
+    state: &State,
+    scope: &str,
+    body: &[u8],
+    model: &str,
+) -> Result<Usage, String> {
+    input_usage_at(state, scope, body, model, Instant::now())
 }
 
-fn prefix_key(scope: &str, body: &[u8], raw_pos: usize, model: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    scope.hash(&mut h);
-    model.hash(&mut h);
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let mut out = Vec::with_capacity(body.len());
-            for key in ["tools", "system", "messages"] {
-                out.extend_from_slice(key.as_bytes());
-                if let Some(part) = v.get(key) {
-                    serde_json::to_writer(&mut out, part).ok()?;
-                }
-            }
-            let cut = memchr::memmem::rfind(&out, MARKER)?;
-            out.truncate(cut);
-            Some(out)
+/// [`input_usage`] at time `now`, so tests can let entries expire.
+pub(crate) fn input_usage_at(
+    state: &State,
+    scope: &str,
+    body: &[u8],
+    model: &str,
+    now: Instant,
+) -> Result<Usage, String> {
+    let total = input_estimate(body);
+    let Some(plan) = prompt_cache::plan(body)? else {
+        return Ok(Usage {
+            input: total,
+            ..Usage::default()
         });
-    match canonical {
-        Some(c) => c.hash(&mut h),
-        None => body[..raw_pos].hash(&mut h),
-    }
-    h.finish()
+    };
+    let min_tokens = state
+        .opts
+        .cache_min_tokens
+        .unwrap_or_else(|| prompt_cache::min_tokens(model));
+    let cache = state
+        .prompt_cache
+        .apply(scope, model, &plan, min_tokens, now);
+    let cached = cache.read + cache.creation_5m + cache.creation_1h;
+    Ok(Usage {
+        input: total.saturating_sub(cached).max(1),
+        cache_creation_5m: cache.creation_5m,
+        cache_creation_1h: cache.creation_1h,
+        cache_read: cache.read,
+        output: 0,
+    })
 }
 
 /// Output tokens: the override, or derived from the body; capped by `max_tokens`. The bool is

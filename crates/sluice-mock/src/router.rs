@@ -426,7 +426,10 @@ fn messages(
     if faults.hang && !req.stream {
         return Reply::Hang;
     }
-    let mut usage = input_usage(state, scope, body, &req.model);
+    let mut usage = match input_usage(state, scope, body, &req.model) {
+        Ok(usage) => usage,
+        Err(message) => return error_reply(&ApiError::invalid(message), request_id),
+    };
     let (output, capped) = output_tokens(
         faults.output_tokens.or(state.opts.output_tokens),
         body.len(),

@@ -1,4 +1,4 @@
-//! State shared by every connection of one mock: counters, the prompt-cache model, recorded
+//! State shared by every connection of one mock: counters, the prompt-cache entries, recorded
 //! requests and batches. Counters are atomics; the mutexes are only taken by requests that need
 //! them (cache markers, `record` on, batch endpoints), never by a plain message call.
 
@@ -12,9 +12,8 @@ use bytes::Bytes;
 
 use crate::MockOptions;
 use crate::batches::Batch;
+use crate::prompt_cache::PromptCache;
 
-/// How many distinct cached prefixes are remembered before the set is cleared (a crude eviction).
-const CACHE_CAPACITY: usize = 100_000;
 /// How many requests `record` keeps.
 const RECORD_CAPACITY: usize = 256;
 
@@ -130,7 +129,8 @@ pub(crate) struct State {
     next_request: AtomicU64,
     next_message: AtomicU64,
     next_batch: AtomicU64,
-    cache: Mutex<HashSet<u64>>,
+    /// The prompt-cache entries of every scope (see `prompt_cache.rs`).
+    pub(crate) prompt_cache: PromptCache,
     /// `x-mock-fail-first`: failures already served per request body (by hash).
     pub(crate) failed: Mutex<std::collections::HashMap<u64, u64>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
@@ -162,7 +162,7 @@ impl State {
             next_request: AtomicU64::new(1),
             next_message: AtomicU64::new(1),
             next_batch: AtomicU64::new(1),
-            cache: Mutex::new(HashSet::new()),
+            prompt_cache: PromptCache::default(),
             failed: Mutex::new(std::collections::HashMap::new()),
             recorded: Mutex::new(VecDeque::new()),
             key_status: Mutex::new(key_status),
@@ -227,19 +227,6 @@ impl State {
 
     pub(crate) fn next_batch_number(&self) -> u64 {
         self.next_batch.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Marks a cache prefix as seen; true when it was already there (a cache read).
-    pub(crate) fn cache_seen(&self, key: u64) -> bool {
-        let mut set = lock(&self.cache);
-        if set.contains(&key) {
-            return true;
-        }
-        if set.len() >= CACHE_CAPACITY {
-            set.clear();
-        }
-        set.insert(key);
-        false
     }
 
     pub(crate) fn record(&self, req: RecordedRequest) {

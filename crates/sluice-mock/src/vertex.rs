@@ -524,7 +524,10 @@ async fn answer(
         std::future::pending::<()>().await;
     }
 
-    let mut usage = input_usage(state, route.project, body, route.model);
+    let mut usage = match input_usage(state, route.project, body, route.model) {
+        Ok(usage) => usage,
+        Err(message) => return Ok(anthropic_invalid(&message)),
+    };
     let (output, capped) = output_tokens(
         faults.output_tokens.or(state.opts.output_tokens),
         body.len(),

@@ -385,6 +385,44 @@ async fn bodies_are_validated_as_bedrock_does() {
 }
 
 #[tokio::test]
+async fn automatic_caching_is_refused_and_explicit_breakpoints_cache() {
+    let mock = start(MockOptions::default()).await;
+    let mut b: Value = serde_json::from_str(&body()).unwrap();
+    b["cache_control"] = json!({"type": "ephemeral"});
+    let r = call(&mock, Method::POST, PATH, SIGNED, &[], &b.to_string()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.error_type()),
+        (400, "ValidationException")
+    );
+    let message = r.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("extraneous key [cache_control]"),
+        "{message}"
+    );
+
+    // Claude 3 Haiku caches from 2,048 tokens.
+    let system = "You are terse. ".repeat(700);
+    let b = json!({
+        "anthropic_version": "bedrock-2023-05-31",
+        "max_tokens": 50,
+        "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Hello"}],
+    })
+    .to_string();
+    let first = call(&mock, Method::POST, PATH, SIGNED, &[], &b)
+        .await
+        .json();
+    let written = first["usage"]["cache_creation_input_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(written > 2048, "{first}");
+    let second = call(&mock, Method::POST, PATH, SIGNED, &[], &b)
+        .await
+        .json();
+    assert_eq!(second["usage"]["cache_read_input_tokens"], written);
+}
+
+#[tokio::test]
 async fn routing_leaves_other_paths_alone() {
     let mock = start(MockOptions::default()).await;
     let r = call(&mock, Method::GET, PATH, SIGNED, &[], "").await;

@@ -322,9 +322,12 @@ fn cached_request(system_text: &str, ttl: Option<&str>) -> Value {
     })
 }
 
+/// The tokens of the cached prefix (the system block), as the mock counts them: a quarter of
+/// the block's canonical bytes, its `cache_control` marker left out.
 fn prefix_tokens(body: &Value) -> u64 {
-    let s = body.to_string();
-    s.rfind("\"cache_control\"").unwrap() as u64 / 4
+    let mut block = body["system"][0].clone();
+    block.as_object_mut().unwrap().remove("cache_control");
+    block.to_string().len() as u64 / 4
 }
 
 #[tokio::test]
@@ -357,12 +360,32 @@ async fn cache_prefix_is_written_then_read() {
     assert_eq!(usage["cache_creation_input_tokens"], 0);
 
     // A different prefix is a new write, with the 1h TTL when asked.
-    let other = cached_request(&"Another system prompt. ".repeat(100), Some("1h"));
+    let other = cached_request(&"Another system prompt. ".repeat(200), Some("1h"));
     let u = post(&mock, "/v1/messages", &[], &other).await.json()["usage"].clone();
     let cached = prefix_tokens(&other);
     assert_eq!(u["cache_creation_input_tokens"], cached);
     assert_eq!(u["cache_creation"]["ephemeral_1h_input_tokens"], cached);
     assert_eq!(u["cache_creation"]["ephemeral_5m_input_tokens"], 0);
+}
+
+#[tokio::test]
+async fn cache_breakpoints_beyond_the_upstream_limits_are_a_400() {
+    let mock = start(MockOptions::default()).await;
+    let marked = json!({"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}});
+    let mut body = simple_request();
+    body["messages"][0]["content"] = json!([marked, marked, marked, marked, marked]);
+    let r = post(&mock, "/v1/messages", &[], &body).await;
+    assert_upstream_error(&r, 400, "invalid_request_error");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "A maximum of 4 blocks with cache_control may be provided. Found 5."
+    );
+    // Four are fine, and the automatic breakpoint (top level) is accepted.
+    body["messages"][0]["content"] = json!([marked, marked, marked, marked]);
+    assert_eq!(post(&mock, "/v1/messages", &[], &body).await.status, 200);
+    let mut auto = simple_request();
+    auto["cache_control"] = json!({"type": "ephemeral"});
+    assert_eq!(post(&mock, "/v1/messages", &[], &auto).await.status, 200);
 }
 
 #[tokio::test]

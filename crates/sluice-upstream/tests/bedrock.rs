@@ -427,7 +427,8 @@ async fn prompt_cache_is_per_access_key() {
     let body = json!({
         "model": "claude",
         "max_tokens": 100,
-        "system": [{"type": "text", "text": "You are terse. ".repeat(200),
+        // Past the 1,024-token minimum below which the upstream writes nothing.
+        "system": [{"type": "text", "text": "You are terse. ".repeat(400),
                     "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "hi"}],
     })

@@ -394,7 +394,8 @@ async fn the_prompt_cache_is_per_project() {
     let cached = json!({
         "model": "claude-sonnet-4-5",
         "max_tokens": 50,
-        "system": [{"type": "text", "text": "You are a careful assistant. ".repeat(60),
+        // Past the 1,024-token minimum below which the upstream writes nothing.
+        "system": [{"type": "text", "text": "You are a careful assistant. ".repeat(200),
                     "cache_control": {"type": "ephemeral"}}],
         "messages": [{"role": "user", "content": "Hi"}],
     })

@@ -169,9 +169,14 @@ async fn stream_is_not_buffered() {
 #[tokio::test]
 async fn prompt_cache_usage_is_recorded() {
     let mut e = env().await;
-    let body = r#"{"model":"claude-sonnet-4-5","max_tokens":32,"system":[{"type":"text","text":"You are a careful assistant. Long shared instructions go here and are cached.","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"Hi"}]}"#;
+    // Past the 1,024-token minimum below which the upstream writes nothing.
+    let system =
+        "You are a careful assistant. Long shared instructions go here and are cached. ".repeat(60);
+    let body = format!(
+        r#"{{"model":"claude-sonnet-4-5","max_tokens":32,"system":[{{"type":"text","text":"{system}","cache_control":{{"type":"ephemeral"}}}}],"messages":[{{"role":"user","content":"Hi"}}]}}"#
+    );
     for _ in 0..2 {
-        let r = e.post_messages(&e.web_key, body).send().await.unwrap();
+        let r = e.post_messages(&e.web_key, &body).send().await.unwrap();
         assert_eq!(r.status(), 200);
     }
     let rows = e.finish().await;
