@@ -13,8 +13,8 @@
 //! long-context pricing charges every token of a call whose total input (uncached + cache
 //! writes + cache reads) exceeds a threshold at the higher prices, output included.
 
+use crate::PriceEntry;
 use foldhash::HashMap;
-use sluice_config::PriceEntry;
 use sluice_core::Usage;
 
 /// The shipped price file.

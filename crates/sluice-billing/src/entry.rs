@@ -1,9 +1,9 @@
 //! `[[prices]]`: per-model prices that override or extend the price table shipped in the
-//! binary (`crates/sluice-limits/prices.toml`, which uses this same format).
+//! binary (`crates/sluice-billing/prices.toml`, which uses this same format).
 //!
 //! Prices are written as the upstream publishes them: US dollars per million tokens (MTok).
 //! Only the schema and its checks live here; the arithmetic (integer units, tiers, batch,
-//! rounding) is `sluice_limits::pricing`.
+//! rounding) is the price table's.
 //!
 //! ```toml
 //! [[prices]]
