@@ -10,8 +10,10 @@
 //! Nothing here depends on the limiter, the proxy or the store: they all price through this
 //! crate.
 
+mod cost;
 mod entry;
 mod table;
 
+pub use cost::{ModelPrices, Rates, Tier};
 pub use entry::{MAX_USD_PER_MTOK, PriceEntry, PriceTier};
-pub use table::{ModelPrices, PriceTable, PricingError, Rates, Tier};
+pub use table::{PriceTable, PricingError};
