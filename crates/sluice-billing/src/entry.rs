@@ -66,6 +66,10 @@ pub struct PriceEntry {
 
 /// A prompt-length tier of a [`PriceEntry`]. Cache prices left out are derived from this
 /// tier's `input` with the usual multipliers, not inherited from the base prices.
+//
+// The five price fields repeat the entry's on purpose: one struct shared through
+// `#[serde(flatten)]` would cost a typo its list of expected keys and a bad value its line in
+// the TOML error, and those messages are what an operator fixing `sluice.toml` reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceTier {
