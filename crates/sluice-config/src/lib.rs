@@ -6,7 +6,6 @@
 //! binary resolves it.
 
 mod limits;
-mod prices;
 mod schema;
 mod secret;
 
@@ -16,7 +15,6 @@ pub use limits::{
     FailMode, KeepFree, LimitSet, LimiterBackend, LimitsConfig, ModelClass, OrgConfig, Priority,
     usd_to_micros,
 };
-pub use prices::{PriceEntry, PriceTier};
 pub use schema::AlertsConfig;
 
 pub use schema::{

@@ -27,7 +27,7 @@ pub struct Config {
     /// The upstream organisation's limits.
     pub org: OrgConfig,
     /// Prices that override or extend the table shipped in the binary.
-    pub prices: Vec<crate::PriceEntry>,
+    pub prices: Vec<sluice_billing::PriceEntry>,
     /// Tenant name → position in `tenants`, built at load so the request path does not scan.
     #[serde(skip)]
     pub(crate) tenant_index: std::collections::HashMap<String, usize>,

@@ -16,7 +16,6 @@ pub mod estimate;
 pub mod limiter;
 pub mod local;
 pub mod presets;
-pub mod pricing;
 pub mod queue;
 pub mod redis;
 

@@ -15,12 +15,12 @@ use crate::backend::{
 use crate::estimate::{Correction, CorrectionSlot, OutputEstimator, OutputSlot, estimate_input};
 use crate::local::LocalBackend;
 use crate::presets::Presets;
-use crate::pricing::PriceTable;
 use crate::queue::{FairQueue, Place, Seat};
 use crate::redis::{RedisBackend, Via};
 use crate::{Bucket, Demand, Dimension, Rate};
 use arc_swap::ArcSwap;
 use foldhash::{HashMap, HashMapExt as _};
+use sluice_billing::PriceTable;
 use sluice_config::{Config, ModelClass, Priority, usd_to_micros};
 use sluice_core::Usage;
 use std::sync::atomic::{AtomicU64, Ordering};

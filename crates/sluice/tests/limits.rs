@@ -10,8 +10,8 @@ mod common;
 
 use common::{Opts, env_with};
 use serde_json::Value;
+use sluice_billing::PriceTable;
 use sluice_limits::estimate::estimate_input;
-use sluice_limits::pricing::PriceTable;
 use sluice_mock::MockOptions;
 
 const MODEL: &str = "claude-sonnet-4-5";

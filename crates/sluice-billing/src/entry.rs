@@ -1,9 +1,9 @@
 //! `[[prices]]`: per-model prices that override or extend the price table shipped in the
-//! binary (`crates/sluice-limits/prices.toml`, which uses this same format).
+//! binary (`crates/sluice-billing/prices.toml`, which uses this same format).
 //!
 //! Prices are written as the upstream publishes them: US dollars per million tokens (MTok).
 //! Only the schema and its checks live here; the arithmetic (integer units, tiers, batch,
-//! rounding) is `sluice_limits::pricing`.
+//! rounding) is the price table's.
 //!
 //! ```toml
 //! [[prices]]
@@ -66,6 +66,10 @@ pub struct PriceEntry {
 
 /// A prompt-length tier of a [`PriceEntry`]. Cache prices left out are derived from this
 /// tier's `input` with the usual multipliers, not inherited from the base prices.
+//
+// The five price fields repeat the entry's on purpose: one struct shared through
+// `#[serde(flatten)]` would cost a typo its list of expected keys and a bad value its line in
+// the TOML error, and those messages are what an operator fixing `sluice.toml` reads.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceTier {
