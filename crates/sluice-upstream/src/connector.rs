@@ -18,7 +18,7 @@ pub struct Tcp {
     pub nodelay: bool,
     /// How long a TCP connect may take.
     pub connect_timeout: Option<Duration>,
-    /// TCP keep-alive probe interval of idle pooled connections.
+    /// How long a connection is idle before TCP keep-alive probes start.
     pub keepalive: Option<Duration>,
 }
 
