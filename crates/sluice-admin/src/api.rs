@@ -62,7 +62,7 @@ fn ok(status: StatusCode, v: Value) -> Res {
 }
 
 async fn metrics(State(a): State<Admin>) -> Response {
-    let body = sluice_proxy::metrics::render(a.reloader().app());
+    let body = sluice_telemetry::render(a.reloader().app());
     (
         [(
             http::header::CONTENT_TYPE,

@@ -8,14 +8,12 @@
 //!
 //! This crate never imports the control plane.
 
-pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod batches;
 pub mod call;
 pub mod error;
 pub mod headers;
-pub mod metrics;
 pub mod models_cache;
 pub mod state;
 pub mod tap;

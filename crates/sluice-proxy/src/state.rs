@@ -2,12 +2,13 @@
 //! path (the config snapshot and key ring are `arc-swap`ed; the ledger sender never blocks).
 
 use crate::auth::KeyRing;
-use crate::metrics::Metrics;
 use sluice_config::{Config, SharedConfig};
 use sluice_core::Clock;
 use sluice_limits::limiter::Limiter;
-use sluice_store::{LedgerSender, Store};
+use sluice_store::{LedgerSender, LedgerStats, Store};
+use sluice_telemetry::{Metrics, Sources};
 use sluice_upstream::Upstream;
+use sluice_upstream::pool::MemberHealth;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -139,7 +140,7 @@ impl AppState {
         &self.0.models_cache
     }
 
-    /// The metrics registry (rendered by [`crate::metrics::render`]).
+    /// The metrics registry (rendered by [`sluice_telemetry::render()`]).
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
     }
@@ -153,5 +154,32 @@ impl AppState {
     pub fn next_request_id(&self) -> String {
         let n = self.0.id_counter.fetch_add(1, Ordering::Relaxed);
         format!("req_sluice_{:08x}{:012x}", self.0.id_prefix, n)
+    }
+}
+
+/// The scrape and the alert evaluator read the data plane through its state.
+impl Sources for AppState {
+    fn metrics(&self) -> &Metrics {
+        AppState::metrics(self)
+    }
+
+    fn config(&self) -> Arc<Config> {
+        AppState::config(self)
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        AppState::clock(self)
+    }
+
+    fn limiter(&self) -> &Limiter {
+        AppState::limiter(self)
+    }
+
+    fn upstream_health(&self) -> Vec<MemberHealth> {
+        self.upstream().health()
+    }
+
+    fn ledger_stats(&self) -> &LedgerStats {
+        self.ledger().stats()
     }
 }

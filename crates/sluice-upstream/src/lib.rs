@@ -12,6 +12,7 @@
 
 pub mod bedrock;
 mod body;
+pub mod connector;
 mod json;
 pub mod pool;
 mod retry;
@@ -23,9 +24,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 pub use pool::{BreakerPolicy, Choice, InFlight, MemberHealth, Outcome, Pool, Unavailable};
 pub use retry::{RetryPolicy, retry_after};
@@ -198,7 +197,7 @@ pub struct Outgoing<'a> {
 /// The upstream: its members, their health, and how calls are routed among them.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<connector::Https, Full<Bytes>>,
     transports: Arc<[Transport]>,
     routes: Arc<route::Routes>,
     pool: Arc<Pool>,
@@ -309,16 +308,11 @@ impl Upstream {
             opts.breaker,
         );
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(opts.connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(30)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = connector::https(connector::Tcp {
+            nodelay: true,
+            connect_timeout: Some(opts.connect_timeout),
+            keepalive: Some(Duration::from_secs(30)),
+        });
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)
             .pool_idle_timeout(opts.pool_idle_timeout)

@@ -22,9 +22,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
@@ -104,7 +102,7 @@ struct Inner {
     /// `scheme://authority[/path]`, without a trailing slash.
     base: String,
     source: TokenSource,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<crate::connector::Https, Full<Bytes>>,
     timeout: Duration,
     cache: Mutex<Cache>,
     /// Held by the one caller refreshing the token; the others wait on it (single flight).
@@ -343,15 +341,11 @@ impl Vertex {
             }
         };
 
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(opts.timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
+        let https = crate::connector::https(crate::connector::Tcp {
+            nodelay: true,
+            connect_timeout: Some(opts.timeout),
+            keepalive: None,
+        });
         // Token fetches are rare (hourly), so few idle connections are worth keeping.
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(1)

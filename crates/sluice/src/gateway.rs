@@ -452,7 +452,7 @@ async fn serve(
         clock: Arc::new(SystemClock),
     });
     // Alert rules run beside the data plane and stop with it.
-    let alerts = sluice_proxy::alerts::spawn(state.clone());
+    let alerts = sluice_telemetry::alerts::spawn(state.clone());
     if let Some(slot) = slot {
         let _ = slot.set(state.clone());
     }

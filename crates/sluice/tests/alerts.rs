@@ -135,7 +135,7 @@ async fn a_tenant_past_80_percent_of_its_daily_budget_fires_exactly_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(hook.alerts().len(), 1, "{:?}", hook.alerts());
     assert_eq!(hook.posts.load(Ordering::SeqCst), 1);
-    let s = sluice_proxy::metrics::render(env.gw.as_ref().unwrap().state().unwrap());
+    let s = sluice_telemetry::render(env.gw.as_ref().unwrap().state().unwrap());
     assert!(
         s.contains("sluice_alerts_firing{alert=\"budget_daily\"} 1"),
         "{s}"

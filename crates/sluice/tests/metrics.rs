@@ -20,7 +20,7 @@ fn value(scrape: &str, series: &str) -> Option<f64> {
 }
 
 fn scrape(env: &Env) -> String {
-    sluice_proxy::metrics::render(env.gw.as_ref().unwrap().state().unwrap())
+    sluice_telemetry::render(env.gw.as_ref().unwrap().state().unwrap())
 }
 
 async fn mixed_traffic() -> Env {

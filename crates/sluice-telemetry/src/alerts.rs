@@ -28,14 +28,9 @@
 //! `webhook_attempts` times: a slow or failing webhook delays only later notifications, never
 //! the evaluator or a call (a full queue drops the notification, counted and logged).
 
-use crate::metrics::{TokenTotals, spend_now};
-use crate::state::AppState;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use crate::Sources;
+use crate::gauges::spend_now;
+use crate::metrics::TokenTotals;
 use serde::Serialize;
 use sluice_config::{AlertsConfig, Config};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -43,6 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use webhook::{Delivery, deliver};
+
+mod webhook;
 
 /// The rule names (the `alert` field, the `alert` label of `sluice_alerts_firing`).
 pub const RULES: &[&str] = &[BUDGET, CACHE, UPSTREAM, ORG];
@@ -53,8 +51,6 @@ const ORG: &str = "org_headroom";
 
 /// Notifications waiting for the sender; past this they are dropped.
 const QUEUE: usize = 256;
-/// Longest wait between two attempts of one POST.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// One notification, as POSTed.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -90,7 +86,7 @@ impl Drop for AlertTasks {
 
 /// Start evaluating the `[alerts]` rules of `state`'s live config (a reload applies from the
 /// next evaluation). Must be called within a Tokio runtime.
-pub fn spawn(state: AppState) -> AlertTasks {
+pub fn spawn<S: Sources + Clone + Send + Sync + 'static>(state: S) -> AlertTasks {
     let (tx, rx) = mpsc::channel::<Delivery>(QUEUE);
     let sender = tokio::spawn(deliver(rx, state.clone()));
     let evaluator = tokio::spawn(async move {
@@ -154,8 +150,8 @@ struct Verdict {
 type Key = (&'static str, BTreeMap<String, String>);
 
 /// The rules' state between evaluations.
-struct Evaluator {
-    state: AppState,
+struct Evaluator<S> {
+    state: S,
     history: VecDeque<Sample>,
     /// Episodes firing now, with the last value seen.
     firing: HashMap<Key, (f64, f64)>,
@@ -163,8 +159,8 @@ struct Evaluator {
     org_low_since: HashMap<(Arc<str>, &'static str), Instant>,
 }
 
-impl Evaluator {
-    fn new(state: AppState) -> Self {
+impl<S: Sources> Evaluator<S> {
+    fn new(state: S) -> Self {
         let mut e = Self {
             state,
             history: VecDeque::new(),
@@ -374,7 +370,7 @@ impl Evaluator {
     }
 }
 
-impl Evaluator {
+impl<S: Sources> Evaluator<S> {
     /// Org pool headroom: a bucket under the threshold for the whole hold time fires (a burst
     /// that the pool absorbs in seconds is what it is for); one back above it resolves.
     fn org_headroom(&mut self, cfg: &Arc<Config>, now: Instant, out: &mut Vec<Verdict>) {
@@ -438,122 +434,4 @@ fn tenant(name: &str) -> BTreeMap<String, String> {
 fn rfc3339(unix_ms: i64) -> String {
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// A notification on its way to the webhook, with the settings in force when it was made.
-struct Delivery {
-    note: Notification,
-    url: Option<String>,
-    attempts: u32,
-    backoff: Duration,
-    timeout: Duration,
-}
-
-impl Delivery {
-    fn new(note: Notification, a: &AlertsConfig) -> Self {
-        Self {
-            note,
-            url: a.webhook_url.clone(),
-            attempts: a.webhook_attempts.max(1),
-            backoff: Duration::from_millis(a.webhook_backoff_ms),
-            timeout: Duration::from_millis(a.webhook_timeout_ms.max(1)),
-        }
-    }
-}
-
-/// Why one POST failed.
-#[derive(Debug, thiserror::Error)]
-enum WebhookError {
-    #[error("invalid webhook request: {0}")]
-    Request(#[from] http::Error),
-    #[error("webhook unreachable: {0}")]
-    Send(#[from] hyper_util::client::legacy::Error),
-    #[error("webhook answered {0}")]
-    Status(http::StatusCode),
-    #[error("webhook timed out")]
-    Timeout,
-}
-
-type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-async fn deliver(mut rx: mpsc::Receiver<Delivery>, state: AppState) {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client: WebhookClient = Client::builder(TokioExecutor::new()).build(https);
-    let client = Arc::new(client);
-    while let Some(d) = rx.recv().await {
-        let Some(url) = d.url.as_deref() else {
-            continue;
-        };
-        let body = match serde_json::to_vec(&d.note) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                tracing::error!(target: "sluice::alert", error = %e, "cannot encode an alert");
-                continue;
-            }
-        };
-        let mut wait = d.backoff;
-        let mut result = "failed";
-        for attempt in 1..=d.attempts {
-            match post(&client, url, body.clone(), d.timeout).await {
-                Ok(()) => {
-                    result = "delivered";
-                    break;
-                }
-                Err(e) if attempt < d.attempts => {
-                    tracing::warn!(
-                        target: "sluice::alert",
-                        alert = d.note.alert,
-                        attempt,
-                        error = %e,
-                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        "alert webhook failed; retrying"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(MAX_BACKOFF);
-                }
-                Err(e) => {
-                    tracing::error!(
-                        target: "sluice::alert",
-                        alert = d.note.alert,
-                        attempts = d.attempts,
-                        error = %e,
-                        "alert webhook failed; giving up on this notification"
-                    );
-                }
-            }
-        }
-        state.metrics().alert_notification(d.note.state, result);
-    }
-}
-
-async fn post(
-    client: &WebhookClient,
-    url: &str,
-    body: Bytes,
-    timeout: Duration,
-) -> Result<(), WebhookError> {
-    let req = http::Request::post(url)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::USER_AGENT, "sluice-alerts")
-        .body(Full::new(body))?;
-    let exchange = async {
-        let resp = client.request(req).await?;
-        let status = resp.status();
-        // Read the (small) reply so the connection can be reused.
-        let _ = resp.into_body().collect().await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(WebhookError::Status(status))
-        }
-    };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| WebhookError::Timeout)?
 }
