@@ -18,9 +18,10 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sluice_anthropic::{MessageRequest, parse_message_request, parse_message_response};
 use sluice_config::Config;
+use sluice_core::Provider;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
-use sluice_upstream::{Endpoint, Outgoing, Provider, Step, UpstreamBody, UpstreamError};
+use sluice_upstream::{Endpoint, Outgoing, Step, UpstreamBody, UpstreamError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
