@@ -7,9 +7,10 @@
 
 mod limits;
 mod schema;
-mod secret;
 
-pub use secret::SecretString;
+// Defined in core because the upstream client and the data plane use them too; re-exported as
+// the schema's own vocabulary.
+pub use sluice_core::{Provider, SecretString};
 
 pub use limits::{
     FailMode, KeepFree, LimitSet, LimiterBackend, LimitsConfig, ModelClass, OrgConfig, Priority,
@@ -18,8 +19,8 @@ pub use limits::{
 pub use schema::AlertsConfig;
 
 pub use schema::{
-    AdminConfig, AdminToken, AuthConfig, Config, Fallback, FallbackStep, LogConfig, Provider,
-    ServerConfig, StoreConfig, TenantConfig, UpstreamConfig, UpstreamMember,
+    AdminConfig, AdminToken, AuthConfig, Config, Fallback, FallbackStep, LogConfig, ServerConfig,
+    StoreConfig, TenantConfig, UpstreamConfig, UpstreamMember,
 };
 
 use arc_swap::ArcSwap;

@@ -4,6 +4,7 @@
 use crate::SecretString;
 use crate::limits::{LimitSet, LimitsConfig, OrgConfig, Priority};
 use serde::Deserialize;
+use sluice_core::Provider;
 use std::collections::BTreeMap;
 
 /// The whole `sluice.toml`.
@@ -212,30 +213,6 @@ impl Default for UpstreamConfig {
             affinity: true,
             affinity_load_factor: 1.25,
             fallbacks: Vec::new(),
-        }
-    }
-}
-
-/// Which API a member speaks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    /// The Anthropic API (`x-api-key`).
-    #[default]
-    Anthropic,
-    /// Claude on AWS Bedrock (SigV4, `InvokeModel`).
-    Bedrock,
-    /// Claude on Google Vertex AI (OAuth, `rawPredict`).
-    Vertex,
-}
-
-impl Provider {
-    /// Its name in config, headers and ledger rows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "anthropic",
-            Provider::Bedrock => "bedrock",
-            Provider::Vertex => "vertex",
         }
     }
 }

@@ -6,10 +6,11 @@
 
 use crate::state::AppState;
 use bytes::Bytes;
+use sluice_core::Provider;
 use sluice_core::Usage;
 use sluice_limits::limiter::Permit;
 use sluice_store::LedgerRow;
-use sluice_upstream::{InFlight, Provider};
+use sluice_upstream::InFlight;
 use std::time::{Duration, Instant};
 
 /// How a call ended, beyond its status.

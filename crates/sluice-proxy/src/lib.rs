@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! accept → authenticate (auth) → parse just enough (sluice-anthropic) → admit (sluice-limits)
-//!        → route and forward with retries and fallbacks (api::Call::forward, sluice-upstream)
+//!        → route and forward with retries and fallbacks (forward: Call::forward, sluice-upstream)
 //!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
 //! ```
 //!
@@ -13,6 +13,7 @@ pub mod auth;
 pub mod batches;
 pub mod call;
 pub mod error;
+mod forward;
 pub mod headers;
 pub mod models_cache;
 pub mod state;

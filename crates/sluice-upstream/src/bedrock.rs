@@ -23,7 +23,8 @@ use http::{Method, Request, Uri};
 pub use error::anthropic_error;
 pub use stream::SseFromEventStream;
 
-use crate::{Secret, UpstreamError};
+use crate::UpstreamError;
+use sluice_core::SecretString;
 
 /// The Messages API version Bedrock speaks, sent in the body.
 pub const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
@@ -42,9 +43,9 @@ pub struct BedrockOptions {
     /// The access key id (`AKIA…`/`ASIA…`).
     pub access_key_id: String,
     /// The secret access key.
-    pub secret_access_key: Secret,
+    pub secret_access_key: SecretString,
     /// The session token of temporary credentials, sent as `x-amz-security-token`.
-    pub session_token: Option<Secret>,
+    pub session_token: Option<SecretString>,
 }
 
 /// One Bedrock member: its endpoint and credentials, ready to sign requests.
@@ -381,7 +382,7 @@ mod tests {
             region: "us-east-1".into(),
             endpoint: None,
             access_key_id: "AKIDEXAMPLE".into(),
-            secret_access_key: Secret::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
+            secret_access_key: SecretString::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"),
             session_token: None,
         }
     }
@@ -628,7 +629,7 @@ mod tests {
     #[test]
     fn session_token_endpoint_override_and_arn_model_ids() {
         let mut o = opts();
-        o.session_token = Some(Secret::new("tok"));
+        o.session_token = Some(SecretString::new("tok"));
         o.endpoint = Some("http://127.0.0.1:9000/base/".into());
         let b = Bedrock::new(o).unwrap();
         let r = b
@@ -671,7 +672,7 @@ mod tests {
             |o| o.endpoint = Some("ftp://x.example".into()),
             |o| o.endpoint = Some("https://u:p@x.example".into()),
             |o| o.access_key_id = String::new(),
-            |o| o.session_token = Some(Secret::new("a\nb")),
+            |o| o.session_token = Some(SecretString::new("a\nb")),
         ];
         for f in bad {
             let mut o = opts();
@@ -694,7 +695,7 @@ mod tests {
     #[test]
     fn debug_never_shows_secrets() {
         let mut o = opts();
-        o.session_token = Some(Secret::new("session-secret"));
+        o.session_token = Some(SecretString::new("session-secret"));
         let b = Bedrock::new(o.clone()).unwrap();
         let r = b
             .prepare("m", false, &HeaderMap::new(), b"{}", suite_time())

@@ -29,6 +29,7 @@ use hyper_util::rt::TokioExecutor;
 pub use pool::{BreakerPolicy, Choice, InFlight, MemberHealth, Outcome, Pool, Unavailable};
 pub use retry::{RetryPolicy, retry_after};
 pub use route::{Step, StepSpec};
+use sluice_core::{Provider, SecretString};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,49 +48,6 @@ pub enum UpstreamError {
     /// The configuration cannot make a valid upstream request.
     #[error("upstream misconfigured: {0}")]
     Config(String),
-}
-
-/// A secret that never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    /// The secret, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// Which API a member speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    /// The Anthropic API.
-    Anthropic,
-    /// Claude on AWS Bedrock.
-    Bedrock,
-    /// Claude on Google Vertex AI.
-    Vertex,
-}
-
-impl Provider {
-    /// Its name in headers, logs and ledger rows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provider::Anthropic => "anthropic",
-            Provider::Bedrock => "bedrock",
-            Provider::Vertex => "vertex",
-        }
-    }
 }
 
 /// Settings of an upstream.
@@ -142,7 +100,7 @@ pub enum MemberKind {
     /// The Anthropic API with this key (`x-api-key`), at `base_url` or the upstream's.
     Anthropic {
         /// The API key.
-        api_key: Secret,
+        api_key: SecretString,
         /// Base URL override.
         base_url: Option<String>,
     },
@@ -224,7 +182,7 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 fn anthropic_transport(
     name: &str,
     base_url: &str,
-    api_key: &Secret,
+    api_key: &SecretString,
 ) -> Result<Transport, UpstreamError> {
     let base: Uri = base_url
         .parse()
@@ -657,7 +615,7 @@ mod tests {
                 weight: 1,
                 models: BTreeMap::new(),
                 kind: MemberKind::Anthropic {
-                    api_key: Secret::new("sk-ant-secret"),
+                    api_key: SecretString::new("sk-ant-secret"),
                     base_url: None,
                 },
             }],

@@ -2,7 +2,7 @@
 //! take traffic and serve it), then the model's fallback chain. Resolved once per config into
 //! member bitmasks, so a call's route costs a map lookup and no allocation.
 
-use crate::Provider;
+use sluice_core::Provider;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 

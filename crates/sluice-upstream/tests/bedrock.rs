@@ -13,8 +13,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use sluice_core::SecretString;
 use sluice_mock::{MockHandle, MockOptions, spawn};
-use sluice_upstream::Secret;
 use sluice_upstream::bedrock::{Bedrock, BedrockOptions, SseFromEventStream, anthropic_error};
 
 const AKID: &str = "AKIAMOCKMEMBER1";
@@ -35,8 +35,8 @@ fn member(mock: &MockHandle, akid: &str, secret: &str, token: Option<&str>) -> B
         region: "us-west-2".into(),
         endpoint: Some(mock.url()),
         access_key_id: akid.into(),
-        secret_access_key: Secret::new(secret),
-        session_token: token.map(Secret::new),
+        secret_access_key: SecretString::new(secret),
+        session_token: token.map(SecretString::new),
     })
     .unwrap()
 }

@@ -6,6 +6,7 @@ use anyhow::Context;
 use sluice_config::{Config, LimiterBackend};
 use sluice_config::{Provider, UpstreamMember};
 use sluice_core::Clock;
+use sluice_core::SecretString;
 use sluice_core::SystemClock;
 use sluice_limits::backend::Period;
 use sluice_limits::limiter::{Backend, Limiter, day_and_month, period_starts};
@@ -17,8 +18,7 @@ use sluice_store::{LedgerWriter, LedgerWriterOptions, Store};
 use sluice_upstream::bedrock::BedrockOptions;
 use sluice_upstream::vertex::{VertexCredentials, VertexOptions};
 use sluice_upstream::{
-    BreakerPolicy, MemberKind, MemberOptions, RetryPolicy, Secret, StepSpec, Upstream,
-    UpstreamOptions,
+    BreakerPolicy, MemberKind, MemberOptions, RetryPolicy, StepSpec, Upstream, UpstreamOptions,
 };
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,12 +29,12 @@ use tokio::net::TcpListener;
 pub use crate::transport::raise_nofile_limit;
 
 /// Resolve the upstream key: `upstream.api_key`, else the variable named by `api_key_env`.
-pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
+pub fn upstream_key(cfg: &Config) -> anyhow::Result<SecretString> {
     if let Some(k) = &cfg.upstream.api_key {
-        return Ok(Secret::new(k.expose().to_owned()));
+        return Ok(k.clone());
     }
     match std::env::var(&cfg.upstream.api_key_env) {
-        Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
+        Ok(k) if !k.is_empty() => Ok(SecretString::new(k)),
         _ => anyhow::bail!(
             "no upstream API key: set {} (or upstream.api_key in the config)",
             cfg.upstream.api_key_env
@@ -47,7 +47,7 @@ pub fn upstream_key(cfg: &Config) -> anyhow::Result<Secret> {
 /// `anthropic` holding `default_key` (else the key [`upstream_key`] resolves).
 pub fn upstream_members(
     cfg: &Config,
-    default_key: Option<Secret>,
+    default_key: Option<SecretString>,
 ) -> anyhow::Result<Vec<MemberOptions>> {
     if cfg.upstream.members.is_empty() {
         let api_key = match default_key {
@@ -106,7 +106,7 @@ pub fn upstream_members(
                     )
                     .ok()
                     .filter(|t| !t.is_empty())
-                    .map(Secret::new),
+                    .map(SecretString::new),
                 }),
                 Provider::Vertex => MemberKind::Vertex(VertexOptions {
                     project: m.project.clone().unwrap_or_default(),
@@ -135,13 +135,13 @@ pub fn upstream_members(
 fn secret(
     m: &UpstreamMember,
     what: &str,
-    inline: Option<&sluice_config::SecretString>,
+    inline: Option<&SecretString>,
     var: Option<&str>,
-) -> anyhow::Result<Secret> {
+) -> anyhow::Result<SecretString> {
     match (inline, var) {
-        (Some(k), _) => Ok(Secret::new(k.expose().to_owned())),
+        (Some(k), _) => Ok(k.clone()),
         (None, Some(var)) => match std::env::var(var) {
-            Ok(k) if !k.is_empty() => Ok(Secret::new(k)),
+            Ok(k) if !k.is_empty() => Ok(SecretString::new(k)),
             _ => anyhow::bail!(
                 "no {what} for upstream member '{}': set {var} (or put it in the config)",
                 m.name
@@ -154,11 +154,6 @@ fn secret(
 
 /// The fallback chains of `cfg`, for the upstream client.
 fn fallbacks(cfg: &Config) -> Vec<(String, Vec<StepSpec>)> {
-    let provider = |p: Provider| match p {
-        Provider::Anthropic => sluice_upstream::Provider::Anthropic,
-        Provider::Bedrock => sluice_upstream::Provider::Bedrock,
-        Provider::Vertex => sluice_upstream::Provider::Vertex,
-    };
     cfg.upstream
         .fallbacks
         .iter()
@@ -168,7 +163,7 @@ fn fallbacks(cfg: &Config) -> Vec<(String, Vec<StepSpec>)> {
                 .iter()
                 .map(|st| StepSpec {
                     model: st.model.clone(),
-                    provider: st.provider.map(provider),
+                    provider: st.provider,
                     member: st.member.clone(),
                 })
                 .collect();
@@ -311,7 +306,7 @@ impl Running {
 /// no `[[upstream.members]]` are declared (see [`upstream_members`]).
 pub async fn start(
     cfg: Config,
-    key: impl Into<Option<Secret>>,
+    key: impl Into<Option<SecretString>>,
     listener: TcpListener,
 ) -> anyhow::Result<Running> {
     start_with(cfg, key, listener, ControlOptions::default()).await
@@ -320,7 +315,7 @@ pub async fn start(
 /// [`start`] with control-plane options (the config file to reload, the admin listener).
 pub async fn start_with(
     cfg: Config,
-    key: impl Into<Option<Secret>>,
+    key: impl Into<Option<SecretString>>,
     listener: TcpListener,
     control: ControlOptions,
 ) -> anyhow::Result<Running> {
@@ -353,7 +348,7 @@ pub async fn start_with(
 /// Run the gateway until `shutdown` resolves, then drain and flush. `key` as in [`start`].
 pub async fn run(
     cfg: Config,
-    key: impl Into<Option<Secret>>,
+    key: impl Into<Option<SecretString>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -363,7 +358,7 @@ pub async fn run(
 /// [`run`] with control-plane options (`sluice serve`: the config file, SIGHUP).
 pub async fn run_with(
     cfg: Config,
-    key: impl Into<Option<Secret>>,
+    key: impl Into<Option<SecretString>>,
     listener: TcpListener,
     mut control: ControlOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,

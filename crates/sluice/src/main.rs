@@ -152,7 +152,7 @@ Your demo key:
     let _guard = sluice::logging::init("text", "info");
     gateway::run(
         cfg,
-        sluice_upstream::Secret::new(UPSTREAM_KEY),
+        sluice_core::SecretString::new(UPSTREAM_KEY),
         listener,
         shutdown_signal(),
     )

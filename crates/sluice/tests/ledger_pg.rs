@@ -155,7 +155,7 @@ fn gateway_loses_no_ledger_row_across_a_postgres_outage_and_reports_read_it() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw = gateway::start(
             cfg.clone(),
-            sluice_upstream::Secret::new(UPSTREAM_KEY),
+            sluice_core::SecretString::new(UPSTREAM_KEY),
             listener,
         )
         .await

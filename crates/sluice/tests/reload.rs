@@ -71,7 +71,7 @@ async fn start(window: Duration) -> Env {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = gateway::start_with(
         cfg,
-        sluice_upstream::Secret::new(UPSTREAM_KEY),
+        sluice_core::SecretString::new(UPSTREAM_KEY),
         listener,
         ControlOptions {
             config_path: Some(path.clone()),

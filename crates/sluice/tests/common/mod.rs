@@ -157,7 +157,7 @@ enabled = false
         .unwrap()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = gateway::start(cfg, sluice_upstream::Secret::new(UPSTREAM_KEY), listener)
+    let gw = gateway::start(cfg, sluice_core::SecretString::new(UPSTREAM_KEY), listener)
         .await
         .unwrap();
     let base = format!("http://{}", gw.addr());

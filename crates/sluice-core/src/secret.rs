@@ -1,6 +1,7 @@
-//! Secrets held in the configuration (upstream keys, AWS secret keys, URLs that may carry a
-//! password). They are deserialised like plain strings, but their `Debug` and `Display` never show
-//! the value, so a config struct can be printed, logged or put in an error without leaking it.
+//! Secrets held in the configuration and handed to the upstream client (upstream keys, AWS secret
+//! keys, URLs that may carry a password). They are deserialised like plain strings, but their
+//! `Debug` and `Display` never show the value, so a config or client struct can be printed,
+//! logged or put in an error without leaking it.
 //!
 //! `Debug` shows a fingerprint instead: a keyed hash under a key drawn once per process, so two
 //! snapshots of one running gateway can still tell whether a secret changed (the reloader compares
