@@ -9,6 +9,7 @@
 
 use crate::{Store, StoreError};
 use std::sync::Mutex;
+use time::{Date, OffsetDateTime};
 
 /// A grouping dimension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,18 +78,14 @@ impl GroupBy {
     }
 }
 
-/// `YYYY-MM-DD` of a Unix time in ms (UTC; proleptic Gregorian, civil-from-days).
+/// `YYYY-MM-DD` of a Unix time in ms (UTC; proleptic Gregorian). Outside the years `time`
+/// holds (±9999), which no ledger row reaches, the nearest it holds.
 pub fn utc_date(ms: i64) -> String {
-    let z = ms.div_euclid(DAY_MS) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let d = OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000)).map_or(
+        if ms < 0 { Date::MIN } else { Date::MAX },
+        OffsetDateTime::date,
+    );
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
 /// What to report.
@@ -440,6 +437,31 @@ mod tests {
     use super::*;
     use crate::{LedgerRow, LedgerWriter, LedgerWriterOptions};
     use sluice_core::Usage;
+
+    #[test]
+    fn utc_dates_of_known_days() {
+        for (ms, date) in [
+            (0, "1970-01-01"),
+            (DAY_MS - 1, "1970-01-01"),
+            (-1, "1969-12-31"),
+            (-31 * DAY_MS, "1969-12-01"),
+            // 2024-02-29 (a leap day) at noon, and the next day.
+            (19_782 * DAY_MS + 12 * HOUR_MS, "2024-02-29"),
+            (19_783 * DAY_MS, "2024-03-01"),
+            // The last millisecond of 2025 and the first of 2026.
+            (20_454 * DAY_MS - 1, "2025-12-31"),
+            (20_454 * DAY_MS, "2026-01-01"),
+            (1_795_277_101_000, "2026-11-21"),
+            // Day -719162 is 0001-01-01.
+            (-719_162 * DAY_MS, "0001-01-01"),
+        ] {
+            assert_eq!(utc_date(ms), date, "{ms}");
+        }
+        assert_eq!(
+            GroupBy::Hour.label((19_782 * DAY_MS + 13 * HOUR_MS).to_string()),
+            "2024-02-29T13:00Z"
+        );
+    }
 
     #[test]
     fn totals_match_rows_and_respect_range_and_grouping() {
