@@ -49,6 +49,10 @@ async fn wait_for(url: &str) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "mock"),
+    ignore = "runs `sluice mock`, which only the mock feature builds"
+)]
 async fn binary_end_to_end_never_leaks_the_upstream_key() {
     let dir = tempfile::tempdir().unwrap();
     let (mock_port, gw_port) = (free_port(), free_port());
