@@ -5,9 +5,9 @@
 use super::LimitsError;
 use crate::backend::{Rates, Scope, ScopeKind};
 use crate::presets::Presets;
-use sluice_billing::PriceTable;
 use crate::queue::FairQueue;
 use foldhash::{HashMap, HashMapExt as _};
+use sluice_billing::PriceTable;
 use sluice_config::{Config, ModelClass, Priority, usd_to_micros};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
