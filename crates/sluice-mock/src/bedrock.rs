@@ -44,7 +44,7 @@ use crate::messages::{
     JsonStr, StreamFault, input_usage, output_tokens, render_message, render_stream,
 };
 use crate::router::{Faults, parse_faults};
-use crate::state::{State, lock};
+use crate::state::{PendingReply, State};
 
 /// The version Bedrock requires in the body.
 const ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
@@ -163,24 +163,6 @@ fn validation(message: &str, request_id: &str) -> Response<MockBody> {
     bedrock_error(400, "ValidationException", message, request_id)
 }
 
-/// Counts a message reply as cancelled if the client leaves before the headers (as the
-/// Anthropic route does).
-struct Pending<'a> {
-    state: &'a State,
-    armed: bool,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.state
-                .stats
-                .streams_cancelled
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 async fn invoke(
     state: &Arc<State>,
     parts: &http::request::Parts,
@@ -208,7 +190,7 @@ async fn invoke(
         Ok(f) => f,
         Err(e) => return Ok(validation(&e.message, request_id)),
     };
-    let mut pending = Pending { state, armed: true };
+    let mut pending = PendingReply { state, armed: true };
     let latency = state.opts.latency + faults.latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -453,20 +435,6 @@ struct BedrockRequest<'a> {
     messages: Option<IgnoredAny>,
 }
 
-/// `x-mock-fail-first`: whether this request is one of the first `n` with its body.
-fn fail_first(state: &State, body: &[u8], n: u64) -> bool {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(body);
-    let mut failed = lock(&state.failed);
-    let seen = failed.entry(key).or_insert(0);
-    if *seen < n {
-        *seen += 1;
-        true
-    } else {
-        false
-    }
-}
-
 async fn answer(
     state: &Arc<State>,
     raw_model: &str,
@@ -481,10 +449,7 @@ async fn answer(
     {
         return Ok(injected_error(status, request_id));
     }
-    let status = match faults.fail_first {
-        Some(n) => fail_first(state, body, n).then(|| faults.status.unwrap_or(529)),
-        None => faults.status,
-    };
+    let status = faults.injected_status(state, body);
     if let Some(status) = status {
         return Ok(injected_error(status, request_id));
     }

@@ -1,6 +1,7 @@
 //! Per-request handling: routing, the `x-mock-*` fault headers, auth, recording, and the headers
 //! every reply carries (`request-id`, the rate-limit set).
 
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +21,7 @@ use crate::messages::{
     render_stream, validate,
 };
 use crate::models::{self, PageQuery};
-use crate::state::{RecordedRequest, State};
+use crate::state::{PendingReply, RecordedRequest, State};
 use crate::wire::{ApiError, error_body, error_for_status, rfc3339, unix_now};
 
 /// The upstream's body limit for Messages calls.
@@ -96,6 +97,41 @@ pub(crate) struct Faults {
     pub(crate) hang: bool,
 }
 
+impl Faults {
+    /// The error status these faults inject for `body`, if any: `x-mock-status`, or with
+    /// `x-mock-fail-first: N` that status (default 529) for the first N requests with this
+    /// body only, so a retry of the same body succeeds once N attempts have failed. The
+    /// Anthropic, Bedrock and Vertex routes share the count.
+    pub(crate) fn injected_status(&self, state: &State, body: &[u8]) -> Option<u16> {
+        let Some(n) = self.fail_first else {
+            return self.status;
+        };
+        let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(body);
+        let mut failed = crate::state::lock(&state.failed);
+        let seen = failed.entry(key).or_insert(0);
+        if *seen < n {
+            *seen += 1;
+            Some(self.status.unwrap_or(529))
+        } else {
+            None
+        }
+    }
+
+    /// How a streamed message reply plays these faults out: the events it renders, and how the
+    /// stream ends (on the Anthropic and the Vertex route alike).
+    pub(crate) fn stream_plan(&self) -> (StreamFault, StreamEnd) {
+        if self.hang {
+            (StreamFault::Empty, StreamEnd::Hang)
+        } else if let Some(k) = self.drop_after {
+            (StreamFault::Truncate(k), StreamEnd::Drop)
+        } else if let Some(k) = self.error_after {
+            (StreamFault::ErrorAfter(k), StreamEnd::Finish)
+        } else {
+            (StreamFault::None, StreamEnd::Finish)
+        }
+    }
+}
+
 pub(crate) fn parse_faults(headers: &HeaderMap) -> Result<Faults, ApiError> {
     let mut f = Faults::default();
     for (name, value) in headers {
@@ -146,13 +182,6 @@ enum Reply {
     Hang,
 }
 
-/// Counts a message reply as cancelled if the request future is dropped (the client went away)
-/// before it produced a response.
-struct PendingGuard<'a> {
-    state: &'a State,
-    armed: bool,
-}
-
 /// Counts a batch GET as in flight while it lives (dropped on every way out, including a
 /// client that goes away during the latency).
 struct InFlight<'a>(&'a State);
@@ -175,17 +204,6 @@ impl Drop for InFlight<'_> {
             .stats
             .batch_gets_in_flight
             .fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.state
-                .stats
-                .streams_cancelled
-                .fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 
@@ -265,7 +283,7 @@ pub(crate) async fn handle(
         return reply;
     }
 
-    let mut guard = PendingGuard {
+    let mut guard = PendingReply {
         state: &state,
         armed: route == Route::Messages,
     };
@@ -331,25 +349,7 @@ fn dispatch(
         let (kind, message) = error_for_status(status);
         return Reply::Json(status, error_body(kind, message, request_id));
     }
-    let status = match faults.fail_first {
-        // A retry of the same body succeeds once N attempts have failed.
-        Some(n) => {
-            let key = {
-                use std::hash::{BuildHasher, BuildHasherDefault};
-                BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-                    .hash_one(&body[..])
-            };
-            let mut failed = crate::state::lock(&state.failed);
-            let seen = failed.entry(key).or_insert(0);
-            if *seen < n {
-                *seen += 1;
-                Some(faults.status.unwrap_or(529))
-            } else {
-                None
-            }
-        }
-        None => faults.status,
-    };
+    let status = faults.injected_status(state, body);
     if let Some(status) = status {
         let (kind, message) = error_for_status(status);
         return Reply::Json(status, error_body(kind, message, request_id));
@@ -443,15 +443,7 @@ fn messages(
             render_message(msg_id, &req.model, &usage, capped, "standard"),
         );
     }
-    let (fault, end) = if faults.hang {
-        (StreamFault::Empty, StreamEnd::Hang)
-    } else if let Some(k) = faults.drop_after {
-        (StreamFault::Truncate(k), StreamEnd::Drop)
-    } else if let Some(k) = faults.error_after {
-        (StreamFault::ErrorAfter(k), StreamEnd::Finish)
-    } else {
-        (StreamFault::None, StreamEnd::Finish)
-    };
+    let (fault, end) = faults.stream_plan();
     let events = render_stream(msg_id, &req.model, &usage, capped, fault);
     let interval = faults.event_interval.unwrap_or(state.opts.event_interval);
     Reply::Stream(events, interval, end)

@@ -147,6 +147,26 @@ pub(crate) struct State {
     global_status: AtomicU16,
 }
 
+/// Counts a message reply as cancelled if the request future is dropped (the client went away)
+/// before it produced the response headers. The Anthropic, Bedrock and Vertex routes each hold
+/// one while they wait out the latency and answer, and disarm it once they have a reply.
+pub(crate) struct PendingReply<'a> {
+    pub(crate) state: &'a State,
+    /// Whether a drop now counts (off for calls that are not messages, and once answered).
+    pub(crate) armed: bool,
+}
+
+impl Drop for PendingReply<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state
+                .stats
+                .streams_cancelled
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Locks, ignoring poisoning: every critical section leaves the data consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

@@ -21,7 +21,6 @@
 //! the prompt cache are as on the Anthropic route, with the project as the cache scope (a
 //! project's prompt cache is its own), and `by_key` stats count requests per project.
 
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -39,11 +38,11 @@ use sluice_core::{Clock, SystemClock};
 
 use crate::body::{DropConnection, EventStream, MockBody, StreamEnd};
 use crate::messages::{
-    JsonStr, StreamFault, input_estimate, input_usage, output_tokens, render_count, render_message,
+    JsonStr, input_estimate, input_usage, output_tokens, render_count, render_message,
     render_stream,
 };
 use crate::router::{Faults, parse_faults};
-use crate::state::{State, lock};
+use crate::state::{PendingReply, State, lock};
 use crate::wire::error_for_status;
 
 /// A test-only Google service-account key file (RSA-2048, `project_id` `sluice-test`); it grants
@@ -383,37 +382,6 @@ struct VertexRequest<'a> {
     stream: Option<bool>,
 }
 
-/// Counts a message reply as cancelled if the client leaves before the headers (as the
-/// Anthropic route does).
-struct Pending<'a> {
-    state: &'a State,
-    armed: bool,
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.state
-                .stats
-                .streams_cancelled
-                .fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-/// `x-mock-fail-first`: whether this request is one of the first `n` with its body.
-fn fail_first(state: &State, body: &[u8], n: u64) -> bool {
-    let key = BuildHasherDefault::<DefaultHasher>::default().hash_one(body);
-    let mut failed = lock(&state.failed);
-    let seen = failed.entry(key).or_insert(0);
-    if *seen < n {
-        *seen += 1;
-        true
-    } else {
-        false
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(AUTHORIZATION)
@@ -450,7 +418,7 @@ async fn predict(
         Ok(f) => f,
         Err(e) => return Ok(google_error(400, Some(&e.message), array)),
     };
-    let mut pending = Pending {
+    let mut pending = PendingReply {
         state,
         armed: !route.count_tokens,
     };
@@ -474,10 +442,7 @@ async fn answer(
     if !bearer(&parts.headers).is_some_and(|t| token_valid(state, t)) {
         return Ok(google_error(401, None, array));
     }
-    let status = match faults.fail_first {
-        Some(n) => fail_first(state, body, n).then(|| faults.status.unwrap_or(529)),
-        None => faults.status,
-    };
+    let status = faults.injected_status(state, body);
     if let Some(status) = status {
         return Ok(google_error(status, None, array));
     }
@@ -552,15 +517,7 @@ async fn answer(
             }
         };
     }
-    let (fault, end) = if faults.hang {
-        (StreamFault::Empty, StreamEnd::Hang)
-    } else if let Some(k) = faults.drop_after {
-        (StreamFault::Truncate(k), StreamEnd::Drop)
-    } else if let Some(k) = faults.error_after {
-        (StreamFault::ErrorAfter(k), StreamEnd::Finish)
-    } else {
-        (StreamFault::None, StreamEnd::Finish)
-    };
+    let (fault, end) = faults.stream_plan();
     let events = render_stream(msg_id, route.model, &usage, capped, fault);
     let interval = faults.event_interval.unwrap_or(state.opts.event_interval);
     Ok(event_response(state, events, interval, end))
