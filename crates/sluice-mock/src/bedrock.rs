@@ -26,6 +26,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::{Date, Month};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
@@ -308,14 +309,11 @@ fn parse_amz_date(s: &str) -> Option<SystemTime> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
         return None;
     }
-    // Days from civil (Howard Hinnant), for years from 1970 on.
-    let y = if mo <= 2 { y.checked_sub(1)? } else { y };
-    let era = y / 400;
-    let yoe = y % 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    // The month's first day from the calendar, the day counted on from it (so a 31st of a
+    // shorter month runs into the next, as it always has here), for dates from 1970 on.
+    let month = Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    let first = Date::from_calendar_date(i32::try_from(y).ok()?, month, 1).ok()?;
+    let days = u64::try_from(first.midnight().assume_utc().unix_timestamp() / 86_400).ok()? + d - 1;
     Some(UNIX_EPOCH + Duration::from_secs(days * 86_400 + h * 3600 + mi * 60 + sec))
 }
 
@@ -687,6 +685,30 @@ mod tests {
             "",
         ] {
             assert!(parse_amz_date(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn amz_dates_at_calendar_edges() {
+        for (s, secs) in [
+            ("19700101T000000Z", 0),
+            ("19991231T235959Z", 946_684_799),
+            ("20000101T000000Z", 946_684_800),
+            ("20240228T235959Z", 1_709_164_799),
+            ("20240229T120000Z", 1_709_208_000),
+            ("20240301T000000Z", 1_709_251_200),
+            ("21000301T000000Z", 4_107_542_400),
+            // A 31st of a 30-day month runs into the next month.
+            ("20260431T000000Z", 1_777_593_600),
+        ] {
+            assert_eq!(
+                parse_amz_date(s),
+                Some(UNIX_EPOCH + Duration::from_secs(secs)),
+                "{s}"
+            );
+        }
+        for before_1970 in ["19691231T235959Z", "00000101T000000Z", "00000301T000000Z"] {
+            assert!(parse_amz_date(before_1970).is_none(), "{before_1970}");
         }
     }
 

@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 
 use sluice_core::{Clock, ErrorKind, SystemClock};
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 /// Appends `s` as a JSON string literal (quotes included).
 pub(crate) fn push_json_str(buf: &mut String, s: &str) {
@@ -44,34 +45,23 @@ pub(crate) fn unix_now() -> i64 {
 
 /// Formats Unix seconds as RFC 3339 UTC (`2026-11-21T16:05:01Z`).
 pub(crate) fn rfc3339(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
+    // Past the years `time` holds (±9999), which no clock reads, the nearest it holds.
+    let t = OffsetDateTime::from_unix_timestamp(unix_secs).unwrap_or_else(|_| {
+        if unix_secs < 0 {
+            PrimitiveDateTime::MIN
+        } else {
+            PrimitiveDateTime::MAX
+        }
+        .assume_utc()
+    });
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm; avoids a date crate for one formatter.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    // Both values are range-bounded by the algorithm (1..=31, 1..=12).
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
     )
 }
 
@@ -159,6 +149,13 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_277_101), "2026-11-21T16:05:01Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        // A year's end, a leap day's eve and morrow, and before 1970.
+        assert_eq!(rfc3339(946_684_799), "1999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(1_709_164_799), "2024-02-28T23:59:59Z");
+        assert_eq!(rfc3339(1_709_164_800), "2024-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_200), "2024-03-01T00:00:00Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(-86_400 * 31), "1969-12-01T00:00:00Z");
     }
 
     #[test]
