@@ -29,6 +29,26 @@ pub fn tenant_json(t: &TenantConfig) -> Value {
         "max_wait_ms": t.max_wait_ms,
         "budget_daily_usd": t.budget_daily_usd,
         "budget_monthly_usd": t.budget_monthly_usd,
+        "count_tokens_per_minute": t.count_tokens_per_minute,
+        "prompt_cache": t.prompt_cache.as_str(),
+        "prompt_cache_ttl": t.prompt_cache_ttl.as_str(),
+        "class_prompt_cache": t
+            .class_prompt_cache
+            .iter()
+            .map(|(k, o)| {
+                (
+                    k.clone(),
+                    json!({
+                        "prompt_cache": o.prompt_cache.map(|m| m.as_str()),
+                        "prompt_cache_ttl": o.prompt_cache_ttl.map(|t| t.as_str()),
+                    }),
+                )
+            })
+            .collect::<Map<String, Value>>(),
+        "response_cache": t.response_cache.map(|r| json!({
+            "ttl_secs": r.ttl_secs,
+            "max_entry_bytes": r.max_entry_bytes,
+        })),
     })
 }
 

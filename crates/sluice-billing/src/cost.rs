@@ -160,6 +160,33 @@ impl ModelPrices {
         )
     }
 
+    /// What prompt caching saved a finished call, in micro-dollars: its cost had every prompt
+    /// token been uncached input, minus what it cost. The cache reads' discount counts for it,
+    /// the cache writes' premium against it, so a call that only wrote the cache saved a negative
+    /// amount (the premium that later reads pay back). The prompt's length, and so its tier, is
+    /// the same either way.
+    pub fn prompt_cache_saved_micros(&self, usage: &Usage, batch: bool) -> i64 {
+        let writes = usage.cache_creation_input_tokens.max(
+            usage
+                .cache_creation_5m_input_tokens
+                .saturating_add(usage.cache_creation_1h_input_tokens),
+        );
+        if writes == 0 && usage.cache_read_input_tokens == 0 {
+            return 0;
+        }
+        let uncached = Usage {
+            input_tokens: usage
+                .input_tokens
+                .saturating_add(writes)
+                .saturating_add(usage.cache_read_input_tokens),
+            output_tokens: usage.output_tokens,
+            ..Usage::default()
+        };
+        let without = i64::try_from(self.cost_micros(&uncached, batch)).unwrap_or(i64::MAX);
+        let with = i64::try_from(self.cost_micros(usage, batch)).unwrap_or(i64::MAX);
+        without.saturating_sub(with)
+    }
+
     /// Pico-dollars to micro-dollars, scaled for batch, rounded to nearest (halves up).
     fn round(&self, pico: u128, batch: bool) -> u64 {
         let ppm = if batch {
@@ -238,6 +265,44 @@ mod tests {
                 prev = *r;
             }
         }
+    }
+
+    #[test]
+    fn prompt_cache_savings_are_the_read_discount_minus_the_write_premium() {
+        let t = PriceTable::builtin();
+        let p = t.lookup("claude-sonnet-4-5-20250929").unwrap();
+        // $3/MTok input is 3 µ$ a token; a read is 0.3 µ$, a 5-minute write 3.75 µ$, an
+        // hour-long write 6 µ$.
+        let reads = Usage {
+            input_tokens: 100,
+            output_tokens: 50,
+            cache_read_input_tokens: 3_000,
+            ..Usage::default()
+        };
+        // 3000 × (3 − 0.3) = 8100 µ$ saved.
+        assert_eq!(p.prompt_cache_saved_micros(&reads, false), 8_100);
+        // Batch prices halve it.
+        assert_eq!(p.prompt_cache_saved_micros(&reads, true), 4_050);
+        let writes = Usage {
+            input_tokens: 100,
+            cache_creation_input_tokens: 3_000,
+            cache_creation_5m_input_tokens: 2_000,
+            cache_creation_1h_input_tokens: 1_000,
+            ..Usage::default()
+        };
+        // 2000 × 0.75 + 1000 × 3 = 4500 µ$ of premium paid.
+        assert_eq!(p.prompt_cache_saved_micros(&writes, false), -4_500);
+        assert_eq!(
+            p.prompt_cache_saved_micros(
+                &Usage {
+                    input_tokens: 5_000,
+                    output_tokens: 9,
+                    ..Usage::default()
+                },
+                false
+            ),
+            0
+        );
     }
 
     #[test]

@@ -182,6 +182,18 @@ impl PriceTable {
         self.lookup(model).map(|p| p.cost_micros(usage, batch))
     }
 
+    /// What prompt caching saved a finished call of `model` (see
+    /// [`ModelPrices::prompt_cache_saved_micros`]); `None` when `model` has no price.
+    pub fn prompt_cache_saved_micros(
+        &self,
+        model: &str,
+        usage: &Usage,
+        batch: bool,
+    ) -> Option<i64> {
+        self.lookup(model)
+            .map(|p| p.prompt_cache_saved_micros(usage, batch))
+    }
+
     /// The cost of `input_tokens` of uncached prompt and `output_tokens` of output, for
     /// reserving budget at admission; `None` when `model` has no price.
     pub fn estimate_micros(

@@ -5,6 +5,7 @@
 //! Nothing here reads the environment: the upstream key's *variable name* is configuration; the
 //! binary resolves it.
 
+mod caching;
 mod limits;
 mod schema;
 
@@ -12,6 +13,11 @@ mod schema;
 // the schema's own vocabulary.
 pub use sluice_core::{Provider, SecretString};
 
+pub use caching::{
+    CachingConfig, DEFAULT_MIN_CACHEABLE_TOKENS, MinTokens, PromptCacheMode, PromptCacheOverride,
+    PromptCachePolicy, PromptCacheTtl, ResponseCacheBackend, ResponseCacheConfig,
+    SHIPPED_MIN_TOKENS,
+};
 pub use limits::{
     FailMode, KeepFree, LimitSet, LimiterBackend, LimitsConfig, ModelClass, OrgConfig, Priority,
     usd_to_micros,
@@ -320,6 +326,18 @@ impl Config {
             if !seen.insert(t.name.as_str()) {
                 return bad(format!("tenant {:?} is declared twice", t.name));
             }
+            if let Some(rc) = &t.response_cache {
+                rc.validate(&t.name).map_err(ConfigError::Invalid)?;
+            }
+        }
+        self.caching.validate().map_err(ConfigError::Invalid)?;
+        if self.caching.response_cache_backend == ResponseCacheBackend::Redis
+            && self.limits.backend != LimiterBackend::Redis
+        {
+            return bad(
+                "caching.response_cache_backend = \"redis\" uses the limiter's Redis: set limits.backend = \"redis\" too"
+                    .into(),
+            );
         }
         let base = &self.upstream.base_url;
         if !(base.starts_with("http://") || base.starts_with("https://")) {

@@ -2,6 +2,10 @@
 //! silently ignored setting. Defaults are chosen so an empty file runs a working gateway.
 
 use crate::SecretString;
+use crate::caching::{
+    CachingConfig, PromptCacheMode, PromptCacheOverride, PromptCachePolicy, PromptCacheTtl,
+    ResponseCacheConfig,
+};
 use crate::limits::{LimitSet, LimitsConfig, OrgConfig, Priority};
 use serde::Deserialize;
 use sluice_core::Provider;
@@ -36,6 +40,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Alert rules and where they are sent (issue #5).
     pub alerts: AlertsConfig,
+    /// Response-cache storage and the prompt-cache minimum lengths.
+    pub caching: CachingConfig,
 }
 
 /// `[admin]`: the control plane's listener (admin API, `/metrics`) and who may use it.
@@ -435,6 +441,19 @@ pub struct TenantConfig {
     /// (`POST /v1/messages/count_tokens`, `GET /v1/models[/{id}]`), counted per replica.
     #[serde(default)]
     pub count_tokens_per_minute: Option<u64>,
+    /// Automatic prompt caching (`"off"` or `"auto"`): with `auto`, a call carrying no
+    /// `cache_control` gets breakpoints in the form its serving provider understands.
+    #[serde(default)]
+    pub prompt_cache: PromptCacheMode,
+    /// The TTL of the entries automatic prompt caching asks for (`"5m"` or `"1h"`).
+    #[serde(default)]
+    pub prompt_cache_ttl: PromptCacheTtl,
+    /// Per model class overrides of `prompt_cache` and `prompt_cache_ttl`.
+    #[serde(default)]
+    pub class_prompt_cache: BTreeMap<String, PromptCacheOverride>,
+    /// The response cache, when the tenant opts in.
+    #[serde(default)]
+    pub response_cache: Option<ResponseCacheConfig>,
 }
 
 impl TenantConfig {
@@ -453,6 +472,22 @@ impl TenantConfig {
             budget_daily_usd: None,
             budget_monthly_usd: None,
             count_tokens_per_minute: None,
+            prompt_cache: PromptCacheMode::Off,
+            prompt_cache_ttl: PromptCacheTtl::FiveMinutes,
+            class_prompt_cache: BTreeMap::new(),
+            response_cache: None,
+        }
+    }
+
+    /// The prompt-cache settings for a call of model class `class`: the class's override where
+    /// it sets a key, the tenant's otherwise.
+    pub fn prompt_cache_for(&self, class: &str) -> PromptCachePolicy {
+        let o = self.class_prompt_cache.get(class);
+        PromptCachePolicy {
+            mode: o.and_then(|o| o.prompt_cache).unwrap_or(self.prompt_cache),
+            ttl: o
+                .and_then(|o| o.prompt_cache_ttl)
+                .unwrap_or(self.prompt_cache_ttl),
         }
     }
 }

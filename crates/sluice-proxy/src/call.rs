@@ -143,6 +143,23 @@ impl CallRecorder {
         }
     }
 
+    /// Record whether Sluice added prompt-cache markers to the body the serving attempt sent
+    /// (decided per routing step, so the last attempt's decision stands).
+    pub fn set_prompt_cache_added(&mut self, added: bool) {
+        if let Some(r) = self.row.as_mut() {
+            r.prompt_cache_added = added;
+        }
+    }
+
+    /// Record what a cache saved the call (micro-dollars). A call answered from the response
+    /// cache sets the stored reply's cost here; otherwise [`Self::finish`] computes the prompt
+    /// caching savings from the usage.
+    pub fn set_saved_micros(&mut self, micros: i64) {
+        if let Some(r) = self.row.as_mut() {
+            r.saved_micros = micros;
+        }
+    }
+
     /// Record the feature label.
     pub fn set_feature(&mut self, feature: Option<String>) {
         if let Some(r) = self.row.as_mut() {
@@ -200,6 +217,9 @@ impl CallRecorder {
                 drop(p);
             } else {
                 let served = row.model_served.as_deref().or(row.model.as_deref());
+                if row.outcome != "cache_hit" {
+                    row.saved_micros = p.prompt_cache_saved(&row.usage, served).unwrap_or(0);
+                }
                 row.cost_micros = p
                     .settle(&row.usage, served)
                     .and_then(|c| i64::try_from(c).ok());
@@ -242,6 +262,8 @@ impl CallRecorder {
             provider = r.provider,
             fallback = r.fallback,
             cost_micros = r.cost_micros,
+            saved_micros = r.saved_micros,
+            prompt_cache_added = r.prompt_cache_added,
             waited_ms = r.waited_ms,
             retries = r.retries,
             request_body = req_body.as_deref(),

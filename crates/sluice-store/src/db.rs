@@ -90,6 +90,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX audit_ts ON audit (ts_ms);",
     // v7: the output count is an estimate (a stream that ended before its final usage).
     "ALTER TABLE ledger ADD COLUMN usage_estimated INTEGER NOT NULL DEFAULT 0;",
+    // v8: caching: Sluice added prompt-cache markers; what a cache saved (micro-dollars).
+    "ALTER TABLE ledger ADD COLUMN prompt_cache_added INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE ledger ADD COLUMN saved_micros INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle on the state store for control-plane work (CLI, admin API, key-ring refresh, batch

@@ -55,6 +55,8 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE INDEX ledger_tenant_ts ON ledger (tenant, ts_ms);",
     // v2: the output count is an estimate (a stream that ended before its final usage).
     "ALTER TABLE ledger ADD COLUMN usage_estimated BOOLEAN NOT NULL DEFAULT FALSE;",
+    "ALTER TABLE ledger ADD COLUMN prompt_cache_added BOOLEAN NOT NULL DEFAULT FALSE;
+     ALTER TABLE ledger ADD COLUMN saved_micros BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Advisory lock key serialising migrations (any constant; "sluice" in ASCII).
@@ -192,12 +194,13 @@ const INSERT: &str = "INSERT INTO ledger (uid, ts_ms, request_id, tenant, key_id
         ttfb_ms, input_tokens, output_tokens, cache_creation_input_tokens,
         cache_creation_5m_input_tokens, cache_creation_1h_input_tokens, cache_read_input_tokens,
         stop_reason, upstream, cost_micros, waited_ms, retries, provider, fallback,
-        usage_estimated)
+        usage_estimated, prompt_cache_added, saved_micros)
     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
         $6::text[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::int4[], $12::text[],
         $13::text[], $14::int8[], $15::int8[], $16::int8[], $17::int8[], $18::int8[],
         $19::int8[], $20::int8[], $21::int8[], $22::text[], $23::text[], $24::int8[],
-        $25::int8[], $26::int4[], $27::text[], $28::int4[], $29::bool[])
+        $25::int8[], $26::int4[], $27::text[], $28::int4[], $29::bool[],
+        $30::bool[], $31::int8[])
     ON CONFLICT (uid) DO NOTHING";
 
 fn insert_rows(
@@ -235,6 +238,8 @@ fn insert_rows(
     let mut provider = Vec::with_capacity(n);
     let mut fallback = Vec::with_capacity(n);
     let mut estimated = Vec::with_capacity(n);
+    let mut pc_added = Vec::with_capacity(n);
+    let mut saved = Vec::with_capacity(n);
     for r in rows {
         uid.push(r.uid.as_str());
         ts.push(r.ts_ms);
@@ -265,6 +270,8 @@ fn insert_rows(
         provider.push(r.provider.as_deref());
         fallback.push(i32::from(r.fallback));
         estimated.push(r.usage_estimated);
+        pc_added.push(r.prompt_cache_added);
+        saved.push(r.saved_micros);
     }
     // One statement is one implicit transaction: the batch is committed whole or not at all.
     client.execute(
@@ -299,6 +306,8 @@ fn insert_rows(
             &provider,
             &fallback,
             &estimated,
+            &pc_added,
+            &saved,
         ],
     )?;
     Ok(())

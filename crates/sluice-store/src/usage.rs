@@ -334,7 +334,7 @@ impl LedgerDb {
         let sql = format!(
             "SELECT {select_cols},
                 count(*),
-                CAST(COALESCE(sum(CASE WHEN status BETWEEN 200 AND 299 AND outcome = 'ok' THEN 0 ELSE 1 END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN status BETWEEN 200 AND 299 AND outcome IN ('ok', 'cache_hit') THEN 0 ELSE 1 END), 0) AS BIGINT),
                 CAST(COALESCE(sum(input_tokens), 0) AS BIGINT),
                 CAST(COALESCE(sum(output_tokens), 0) AS BIGINT),
                 CAST(COALESCE(sum(cache_creation_input_tokens), 0) AS BIGINT),

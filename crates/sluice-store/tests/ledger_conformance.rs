@@ -147,6 +147,8 @@ fn insert_and_flush(b: &dyn Backend) {
     full.provider = Some("bedrock");
     full.fallback = 1;
     full.usage_estimated = true;
+    full.prompt_cache_added = true;
+    full.saved_micros = -42;
     s.record(full);
     w.shutdown();
     assert_eq!(
@@ -159,7 +161,8 @@ fn insert_and_flush(b: &dyn Backend) {
              AND cache_creation_1h_input_tokens = 1 AND cache_read_input_tokens = 4
              AND stop_reason = 'end_turn' AND upstream = 'primary' AND waited_ms = 56
              AND retries = 2 AND provider = 'bedrock' AND fallback = 1 AND cost_micros = 7
-             AND usage_estimated AND uid IS NOT NULL"
+             AND usage_estimated AND prompt_cache_added AND saved_micros = -42
+             AND uid IS NOT NULL"
         ),
         1
     );

@@ -44,6 +44,7 @@ const WAIT_BUCKETS: &[f64] = &[
 /// Ledger outcomes (see [`LedgerRow::outcome`]); anything else is counted as `other`.
 const OUTCOMES: &[&str] = &[
     "ok",
+    "cache_hit",
     "upstream_error",
     "client_closed",
     "stream_error",
@@ -73,6 +74,9 @@ const LIMITED: &[&str] = &[
 
 /// Providers as the ledger names them.
 const PROVIDERS: &[&str] = &["anthropic", "bedrock", "vertex", "other"];
+
+/// Kinds of cache saving: prompt caching upstream, the gateway's response cache.
+const SAVING_KINDS: [&str; 2] = ["prompt", "response"];
 
 /// Token kinds, in the order of [`TokenTotals`].
 const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
@@ -119,6 +123,7 @@ pub(crate) struct Inner {
     upstream_calls: IntCounterVec,
     upstream_errors: IntCounterVec,
     fallbacks: IntCounterVec,
+    cache_saved: IntCounterVec,
     alerts_firing: IntGaugeVec,
     alert_notifications: IntCounterVec,
     /// Fallbacks per provider, resolved once.
@@ -281,6 +286,12 @@ impl Metrics {
                 "sluice_fallbacks_total",
                 "Calls served by a fallback step, by the provider that served them.",
                 &["provider"],
+            )?,
+            cache_saved: counter(
+                &r,
+                "sluice_cache_saved_microdollars_total",
+                "Micro-dollars the caches saved, by tenant and kind (prompt: cache-read discount of calls whose reads outweighed their write premium; response: the cost of replies answered from the response cache).",
+                &["tenant", "kind"],
             )?,
             alerts_firing,
             alert_notifications,

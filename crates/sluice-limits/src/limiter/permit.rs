@@ -96,6 +96,20 @@ impl Permit {
         }
     }
 
+    /// The price table the call is charged by (the snapshot it was admitted under).
+    pub fn prices(&self) -> &sluice_billing::PriceTable {
+        &self.policy.prices
+    }
+
+    /// What prompt caching saved the call at its model's prices (see
+    /// [`sluice_billing::ModelPrices::prompt_cache_saved_micros`]); `None` when unpriced.
+    pub fn prompt_cache_saved(&self, usage: &Usage, model_served: Option<&str>) -> Option<i64> {
+        let model = model_served.unwrap_or(&self.model);
+        self.policy
+            .prices
+            .prompt_cache_saved_micros(model, usage, false)
+    }
+
     /// Settle to what the upstream reported, learn from it, and return the call's cost in
     /// micro-dollars (`None` when the model has no price).
     pub fn settle(mut self, usage: &Usage, model_served: Option<&str>) -> Option<u64> {

@@ -64,7 +64,7 @@ pub struct LedgerRow {
     pub streamed: bool,
     /// HTTP status returned to the client.
     pub status: u16,
-    /// How the call ended: `ok`, `upstream_error`, `client_closed`, `stream_error`,
+    /// How the call ended: `ok`, `cache_hit` (answered from the response cache), `upstream_error`, `client_closed`, `stream_error`,
     /// `upstream_disconnected`, `upstream_truncated`, `upstream_unreachable`, `upstream_timeout`,
     /// `rejected`.
     pub outcome: &'static str,
@@ -93,6 +93,14 @@ pub struct LedgerRow {
     /// `usage.output_tokens` is an estimate: the stream ended before its final usage, and the
     /// output was estimated from the content seen.
     pub usage_estimated: bool,
+    /// Sluice added prompt-cache markers to the request it forwarded (the tenant's
+    /// `prompt_cache = "auto"`); the client's body carried none.
+    pub prompt_cache_added: bool,
+    /// Micro-dollars a cache saved this call: for outcome `cache_hit` (answered from the
+    /// response cache) the whole cost the stored reply had; otherwise what prompt caching saved
+    /// against the same prompt uncached (cache-read discount minus cache-write premium, so it is
+    /// negative on a call that only wrote the cache). 0 when nothing was cached or unpriced.
+    pub saved_micros: i64,
 }
 
 /// Counters of the writer, shared with the data plane (for metrics and readiness).

@@ -40,6 +40,12 @@ pub struct StoredRow {
     /// Absent in rows spooled by older versions.
     #[serde(default)]
     pub usage_estimated: bool,
+    /// Absent in rows spooled by older versions.
+    #[serde(default)]
+    pub prompt_cache_added: bool,
+    /// Absent in rows spooled by older versions.
+    #[serde(default)]
+    pub saved_micros: i64,
 }
 
 impl StoredRow {
@@ -75,6 +81,8 @@ impl StoredRow {
             provider: row.provider.map(str::to_owned),
             fallback: row.fallback,
             usage_estimated: row.usage_estimated,
+            prompt_cache_added: row.prompt_cache_added,
+            saved_micros: row.saved_micros,
         }
     }
 }

@@ -47,9 +47,10 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[StoredRow]) -> Result<()
                 input_tokens, output_tokens, cache_creation_input_tokens,
                 cache_creation_5m_input_tokens, cache_creation_1h_input_tokens,
                 cache_read_input_tokens, stop_reason, upstream, cost_micros, waited_ms,
-                retries, provider, fallback, uid, usage_estimated)
+                retries, provider, fallback, uid, usage_estimated, prompt_cache_added,
+                saved_micros)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
+                ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)
              ON CONFLICT (uid) DO NOTHING",
         )?;
         for r in rows {
@@ -83,6 +84,8 @@ fn insert_rows(conn: &mut rusqlite::Connection, rows: &[StoredRow]) -> Result<()
                 r.fallback,
                 r.uid,
                 r.usage_estimated,
+                r.prompt_cache_added,
+                r.saved_micros,
             ])?;
         }
     }

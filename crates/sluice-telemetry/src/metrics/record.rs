@@ -7,8 +7,8 @@
 //! uncontended read lock over the pair's few (endpoint, status) counters.
 
 use super::{
-    Inner, LIMITED, Metrics, NONE, OTHER, OUTCOMES, PROVIDERS, TOKEN_KINDS, UPSTREAM_FAILURES,
-    child, ms_to_secs,
+    Inner, LIMITED, Metrics, NONE, OTHER, OUTCOMES, PROVIDERS, SAVING_KINDS, TOKEN_KINDS,
+    UPSTREAM_FAILURES, child, ms_to_secs,
 };
 use prometheus::{Histogram, IntCounter};
 use sluice_billing::PriceTable;
@@ -63,6 +63,16 @@ impl Metrics {
             };
             if let Some(c) = reason.and_then(|i| ts.limited.get(i)) {
                 c.inc();
+            }
+            if let Ok(saved) = u64::try_from(row.saved_micros)
+                && saved > 0
+            {
+                // A counter cannot fall: a call whose write premium outweighed its reads adds
+                // nothing here (the ledger keeps the negative figure).
+                let kind = usize::from(row.outcome == "cache_hit");
+                if let Some(c) = ts.saved.get(kind) {
+                    c.inc_by(saved);
+                }
             }
             if row.endpoint == "messages" && admitted(row.outcome) {
                 ts.wait.observe(ms_to_secs(row.waited_ms));
@@ -138,6 +148,8 @@ struct TenantSeries {
     outcomes: Vec<IntCounter>,
     limited: Vec<IntCounter>,
     wait: Histogram,
+    /// Micro-dollars saved, by [`SAVING_KINDS`].
+    saved: Vec<IntCounter>,
 }
 
 /// Handles of one upstream member.
@@ -311,6 +323,10 @@ impl Table {
                         .map(|r| child(&m.limited, &[&**name, r]))
                         .collect::<Option<_>>()?,
                     wait: child(&m.wait, &[&**name])?,
+                    saved: SAVING_KINDS
+                        .iter()
+                        .map(|k| child(&m.cache_saved, &[&**name, k]))
+                        .collect::<Option<_>>()?,
                 })
             })
             .as_ref()
