@@ -565,11 +565,38 @@ fn seed_savings(b: &dyn Backend) {
     tx.record(saving(60_001, "web", "opus-4", "ok", 50, 0, 3_000, 8_100));
     // A response-cache hit keeps the stored reply's usage; it never reached an upstream, so its
     // tokens stay out of the prompt-cache hit rate.
-    tx.record(saving(60_002, "web", "opus-4", "cache_hit", 50, 0, 3_000, 9_000));
+    tx.record(saving(
+        60_002,
+        "web",
+        "opus-4",
+        "cache_hit",
+        50,
+        0,
+        3_000,
+        9_000,
+    ));
     tx.record(saving(120_000, "email", "sonnet-4", "ok", 1_000, 0, 0, 0));
-    tx.record(saving(120_001, "email", "sonnet-4", "cache_hit", 0, 0, 0, 500));
+    tx.record(saving(
+        120_001,
+        "email",
+        "sonnet-4",
+        "cache_hit",
+        0,
+        0,
+        0,
+        500,
+    ));
     // Outside the window.
-    tx.record(saving(10 * D, "web", "opus-4", "cache_hit", 0, 0, 0, 1_000_000));
+    tx.record(saving(
+        10 * D,
+        "web",
+        "opus-4",
+        "cache_hit",
+        0,
+        0,
+        0,
+        1_000_000,
+    ));
     w.shutdown();
 }
 
@@ -680,14 +707,24 @@ fn capacity_cache_savings(b: &dyn Backend) {
     // Gross read discount (the policy's 4.5 µ$ a token) vs the ledger's net figure.
     assert_eq!(o.cache_savings_micros, 13_500);
     assert_eq!(o.prompt_cache_saved_micros, 5_850);
-    assert_eq!((o.response_cache_saved_micros, o.response_cache_hits), (9_000, 1));
+    assert_eq!(
+        (o.response_cache_saved_micros, o.response_cache_hits),
+        (9_000, 1)
+    );
     let s = &rep.classes[1];
-    assert_eq!((s.response_cache_saved_micros, s.response_cache_hits), (500, 1));
+    assert_eq!(
+        (s.response_cache_saved_micros, s.response_cache_hits),
+        (500, 1)
+    );
     assert_eq!(s.cache_hit_rate, 0.0);
     let c = &rep.cache;
     assert_eq!(c.cache_hit_rate, 3_000.0 / 7_150.0);
     assert_eq!(
-        (c.uncached_input_tokens, c.cache_write_tokens, c.cache_read_tokens),
+        (
+            c.uncached_input_tokens,
+            c.cache_write_tokens,
+            c.cache_read_tokens
+        ),
         (1_150, 3_000, 3_000)
     );
     assert_eq!(c.prompt_cache_saved_micros, 5_850);
