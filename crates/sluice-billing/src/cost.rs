@@ -305,6 +305,39 @@ mod tests {
         );
     }
 
+    /// The worked example of docs/caching.md (`## Savings`), number for number.
+    #[test]
+    fn the_caching_docs_worked_example() {
+        let t = PriceTable::builtin();
+        let p = t.lookup("claude-sonnet-4-5").unwrap();
+        let first = Usage {
+            input_tokens: 200,
+            output_tokens: 300,
+            cache_creation_input_tokens: 3_000,
+            cache_creation_5m_input_tokens: 3_000,
+            ..Usage::default()
+        };
+        let later = Usage {
+            input_tokens: 200,
+            output_tokens: 300,
+            cache_read_input_tokens: 3_000,
+            ..Usage::default()
+        };
+        let uncached = Usage {
+            input_tokens: 3_200,
+            output_tokens: 300,
+            ..Usage::default()
+        };
+        assert_eq!(p.cost_micros(&uncached, false), 14_100);
+        assert_eq!(p.cost_micros(&first, false), 16_350);
+        assert_eq!(p.cost_micros(&later, false), 6_000);
+        assert_eq!(p.prompt_cache_saved_micros(&first, false), -2_250);
+        assert_eq!(p.prompt_cache_saved_micros(&later, false), 8_100);
+        let net = p.prompt_cache_saved_micros(&first, false)
+            + 5 * p.prompt_cache_saved_micros(&later, false);
+        assert_eq!(net, 38_250);
+    }
+
     #[test]
     fn fixture_replies_cost_exactly_what_the_hand_sum_says() {
         let t = PriceTable::builtin();

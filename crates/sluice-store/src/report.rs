@@ -15,9 +15,16 @@
 //!   is the busiest minute.
 //! - *429s*: ledger outcomes `limited_tenant`, `limited_org`, `limited_budget` (Sluice's own
 //!   refusals) and status 429 otherwise (the upstream's, passed through after retries).
-//! - *Cache hit rate*: cache reads / (cache reads + cache writes + uncached input), in tokens.
-//! - *Savings*: cache-read tokens × (input price − cache-read price) of their model, base
-//!   (short-context) prices, in micro-dollars.
+//!   Calls answered from Sluice's response cache (outcome `cache_hit`) never reached an
+//!   upstream and are left out of the rates.
+//! - *Cache hit rate*: cache reads / (cache reads + cache writes + uncached input), in tokens,
+//!   of the calls that reached an upstream (every provider; `cache_hit` rows left out).
+//! - *Read discount* (`cache_savings_micros`): cache-read tokens × (input price − cache-read
+//!   price) of their model, base (short-context) prices, in micro-dollars: the gross figure.
+//! - *Savings* (`prompt_cache_saved_micros`, `response_cache_saved_micros`): sums of the
+//!   ledger's `saved_micros`, the net figures the data plane recorded per call: for the prompt
+//!   cache the read discount minus the write premium (at the prices, tiers and batch discount
+//!   each call was billed at), for the response cache the cost each stored reply had.
 
 use crate::StoreError;
 use crate::usage::{Arg, LedgerDb, Val, utc_date};
@@ -111,6 +118,13 @@ pub struct ClassCapacity {
     pub cache_savings_micros: u64,
     /// Cache-read tokens of models without a price (not in the savings).
     pub unpriced_cache_read_tokens: u64,
+    /// What the prompt cache saved net of the write premium (micro-dollars, from the ledger's
+    /// `saved_micros`; negative while writes outweigh reads).
+    pub prompt_cache_saved_micros: i64,
+    /// What the response cache saved (micro-dollars, from the ledger's `saved_micros`).
+    pub response_cache_saved_micros: i64,
+    /// Calls answered from the response cache.
+    pub response_cache_hits: u64,
     /// Smallest tier whose limits hold the p95 minute on every dimension.
     pub tier_for_p95: String,
     /// Smallest tier whose limits hold the peak minute.
@@ -128,6 +142,30 @@ pub struct CapacityReport {
     pub tiers: Vec<String>,
     /// By class name.
     pub classes: Vec<ClassCapacity>,
+    /// Both caches over the whole window, every class.
+    pub cache: CacheSummary,
+}
+
+/// What the caches did over the report's window, every class together.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct CacheSummary {
+    /// Token-weighted prompt-cache hit rate: cache reads / (uncached input + cache writes +
+    /// cache reads) of the calls that reached an upstream; 0 without input.
+    pub cache_hit_rate: f64,
+    /// Uncached input tokens.
+    pub uncached_input_tokens: u64,
+    /// Cache-write tokens.
+    pub cache_write_tokens: u64,
+    /// Cache-read tokens.
+    pub cache_read_tokens: u64,
+    /// What the prompt cache saved, net of the write premium (micro-dollars).
+    pub prompt_cache_saved_micros: i64,
+    /// What the response cache saved (micro-dollars).
+    pub response_cache_saved_micros: i64,
+    /// Calls answered from the response cache.
+    pub response_cache_hits: u64,
+    /// Both caches' savings together (micro-dollars).
+    pub saved_micros: i64,
 }
 
 const MINUTE_MS: i64 = 60_000;
@@ -148,6 +186,14 @@ fn stats(mut v: Vec<u64>) -> RateStats {
         p95: percentile(&v, 95),
         peak: v.last().copied().unwrap_or(0),
     }
+}
+
+/// `reads / prompt_tokens` as a rate, 0 without prompt tokens.
+fn rate(reads: u64, prompt_tokens: u64) -> f64 {
+    crate::usage::hit_rate(
+        i64::try_from(reads).unwrap_or(i64::MAX),
+        i64::try_from(prompt_tokens).unwrap_or(i64::MAX),
+    )
 }
 
 fn u(v: &Val) -> u64 {
@@ -209,7 +255,7 @@ impl LedgerDb {
              FROM ledger
              WHERE ts_ms >= ?1 AND ts_ms < ?2 AND endpoint = 'messages'
                AND outcome NOT IN ('rejected', 'limited_tenant', 'limited_org', 'limited_budget',
-                   'limiter_unavailable', 'upstream_unavailable')
+                   'limiter_unavailable', 'upstream_unavailable', 'cache_hit')
                AND (provider IS NULL OR provider = 'anthropic')
              GROUP BY COALESCE(model, ''), ts_ms / 60000",
             &range,
@@ -277,30 +323,47 @@ impl LedgerDb {
             }
         }
 
-        // The prompt cache, every provider.
+        // Both caches, every provider. The prompt cache's tokens are those of calls that
+        // reached an upstream; a response-cache hit's row only says what it saved.
         let rows = self.query(
-            "SELECT COALESCE(model, ''), CAST(COALESCE(sum(input_tokens), 0) AS BIGINT),
-                CAST(COALESCE(sum(cache_creation_input_tokens), 0) AS BIGINT),
-                CAST(COALESCE(sum(cache_read_input_tokens), 0) AS BIGINT)
+            "SELECT COALESCE(model, ''),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE input_tokens END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE cache_creation_input_tokens END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE cache_read_input_tokens END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE saved_micros END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN saved_micros ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END), 0) AS BIGINT)
              FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2
              GROUP BY COALESCE(model, '')",
             &range,
-            4,
+            7,
         )?;
         let mut saved_pico: BTreeMap<String, u128> = BTreeMap::new();
         for r in rows {
-            let [model, input, cw, cr] = <[Val; 4]>::try_from(r)
-                .map_err(|_| StoreError::Invalid("capacity query: wrong column count".into()))?;
+            let [model, input, cw, cr, prompt_saved, response_saved, hits] =
+                <[Val; 7]>::try_from(r).map_err(|_| {
+                    StoreError::Invalid("capacity query: wrong column count".into())
+                })?;
             let model = model.text();
             let class = class_of(&model);
             let (input, cw, cr) = (u(&input), u(&cw), u(&cr));
-            if input + cw + cr == 0 && !classes.contains_key(&class) {
+            let (prompt_saved, response_saved, hits) =
+                (prompt_saved.int(), response_saved.int(), u(&hits));
+            if input + cw + cr == 0
+                && prompt_saved == 0
+                && hits == 0
+                && !classes.contains_key(&class)
+            {
                 continue;
             }
             let c = classes.entry(class.clone()).or_default();
             c.uncached_input_tokens += input;
             c.cache_write_tokens += cw;
             c.cache_read_tokens += cr;
+            c.prompt_cache_saved_micros = c.prompt_cache_saved_micros.saturating_add(prompt_saved);
+            c.response_cache_saved_micros =
+                c.response_cache_saved_micros.saturating_add(response_saved);
+            c.response_cache_hits += hits;
             match policy.cache_saving_per_mtok(&model) {
                 // Tokens × µ$/MTok is pico-dollars; summed exactly, rounded once per class.
                 Some(rate) => {
@@ -311,16 +374,32 @@ impl LedgerDb {
         }
 
         let tier_names = tiers.iter().map(|t| t.name.clone()).collect();
+        let mut cache = CacheSummary::default();
+        for c in classes.values() {
+            cache.uncached_input_tokens += c.uncached_input_tokens;
+            cache.cache_write_tokens += c.cache_write_tokens;
+            cache.cache_read_tokens += c.cache_read_tokens;
+            cache.prompt_cache_saved_micros = cache
+                .prompt_cache_saved_micros
+                .saturating_add(c.prompt_cache_saved_micros);
+            cache.response_cache_saved_micros = cache
+                .response_cache_saved_micros
+                .saturating_add(c.response_cache_saved_micros);
+            cache.response_cache_hits += c.response_cache_hits;
+        }
+        cache.cache_hit_rate = rate(
+            cache.cache_read_tokens,
+            cache.cache_read_tokens + cache.cache_write_tokens + cache.uncached_input_tokens,
+        );
+        cache.saved_micros = cache
+            .prompt_cache_saved_micros
+            .saturating_add(cache.response_cache_saved_micros);
         let out = classes
             .into_iter()
             .map(|(name, mut c)| {
                 c.class.clone_from(&name);
                 let denom = c.cache_read_tokens + c.cache_write_tokens + c.uncached_input_tokens;
-                c.cache_hit_rate = if denom == 0 {
-                    0.0
-                } else {
-                    c.cache_read_tokens as f64 / denom as f64
-                };
+                c.cache_hit_rate = rate(c.cache_read_tokens, denom);
                 let pico = saved_pico.get(&name).copied().unwrap_or(0);
                 c.cache_savings_micros =
                     u64::try_from((pico + 500_000) / 1_000_000).unwrap_or(u64::MAX);
@@ -350,6 +429,7 @@ impl LedgerDb {
             until_ms: q.until_ms,
             tiers: tier_names,
             classes: out,
+            cache,
         })
     }
 }

@@ -6,6 +6,12 @@
 //! SQLite state database or PostgreSQL. The SQL sticks to what both dialects share, casts every
 //! sum to `BIGINT` (Postgres widens `sum(bigint)` to `numeric`) and buckets time with integer
 //! arithmetic on `ts_ms`, so both give identical answers.
+//!
+//! Cache savings come from the ledger's `saved_micros`, which the data plane fills in per call
+//! (the billing crate's arithmetic): on a row with outcome `cache_hit` it is what the response
+//! cache saved, on every other row what the prompt cache saved (negative on a call that only
+//! wrote the cache). The prompt-cache hit rate leaves `cache_hit` rows out: they never reached
+//! an upstream, so they say nothing about how well its prompt cache worked.
 
 use crate::{Store, StoreError};
 use std::sync::Mutex;
@@ -102,7 +108,7 @@ pub struct UsageQuery {
 }
 
 /// One group's totals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct UsageRow {
     /// The group's values, in `group_by` order.
     pub group: Vec<String>,
@@ -121,6 +127,22 @@ pub struct UsageRow {
     /// Cost in micro-dollars: the sum of the rows' `cost_micros`, where calls of a model
     /// without a price (NULL) count as 0.
     pub cost_micros: i64,
+    /// What the prompt cache saved, in micro-dollars: the sum of `saved_micros` over the rows
+    /// that reached an upstream (outcome other than `cache_hit`): the cache reads' discount
+    /// minus the cache writes' premium, so it can be negative.
+    pub prompt_cache_saved_micros: i64,
+    /// What the response cache saved, in micro-dollars: the sum of `saved_micros` over the
+    /// rows with outcome `cache_hit` (the cost each stored reply had).
+    pub response_cache_saved_micros: i64,
+    /// Calls answered from the response cache (outcome `cache_hit`).
+    pub response_cache_hits: i64,
+    /// Token-weighted prompt-cache hit rate of the calls that reached an upstream: cache reads
+    /// / (uncached input + cache writes + cache reads); 0 without prompt tokens.
+    pub prompt_cache_hit_rate: f64,
+    /// The hit rate's parts (prompt tokens, cache reads, of rows other than `cache_hit`), kept
+    /// so that a total recomputes the rate rather than adding rates.
+    #[serde(skip)]
+    hit_rate_parts: (i64, i64),
 }
 
 impl UsageRow {
@@ -133,6 +155,30 @@ impl UsageRow {
         self.cache_creation_input_tokens += other.cache_creation_input_tokens;
         self.cache_read_input_tokens += other.cache_read_input_tokens;
         self.cost_micros += other.cost_micros;
+        self.prompt_cache_saved_micros += other.prompt_cache_saved_micros;
+        self.response_cache_saved_micros += other.response_cache_saved_micros;
+        self.response_cache_hits += other.response_cache_hits;
+        self.set_hit_rate_parts(
+            self.hit_rate_parts.0 + other.hit_rate_parts.0,
+            self.hit_rate_parts.1 + other.hit_rate_parts.1,
+        );
+    }
+
+    /// Set the prompt tokens and cache reads of the rows that reached an upstream, and the hit
+    /// rate they make.
+    fn set_hit_rate_parts(&mut self, prompt_tokens: i64, cache_read: i64) {
+        self.hit_rate_parts = (prompt_tokens, cache_read);
+        self.prompt_cache_hit_rate = hit_rate(cache_read, prompt_tokens);
+    }
+}
+
+/// `reads / prompt_tokens`, 0 when there are no prompt tokens. Token counts stay far below
+/// 2^53, so the float division is exact enough for a rate.
+pub(crate) fn hit_rate(reads: i64, prompt_tokens: i64) -> f64 {
+    if prompt_tokens <= 0 {
+        0.0
+    } else {
+        reads as f64 / prompt_tokens as f64
     }
 }
 
@@ -339,7 +385,13 @@ impl LedgerDb {
                 CAST(COALESCE(sum(output_tokens), 0) AS BIGINT),
                 CAST(COALESCE(sum(cache_creation_input_tokens), 0) AS BIGINT),
                 CAST(COALESCE(sum(cache_read_input_tokens), 0) AS BIGINT),
-                CAST(COALESCE(sum(cost_micros), 0) AS BIGINT)
+                CAST(COALESCE(sum(cost_micros), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE saved_micros END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN saved_micros ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0
+                    ELSE input_tokens + cache_creation_input_tokens + cache_read_input_tokens END), 0) AS BIGINT),
+                CAST(COALESCE(sum(CASE WHEN outcome = 'cache_hit' THEN 0 ELSE cache_read_input_tokens END), 0) AS BIGINT)
              FROM ledger WHERE ts_ms >= ?1 AND ts_ms < ?2 {tenant_clause}
              {group_clause}"
         );
@@ -348,7 +400,7 @@ impl LedgerDb {
             args.push(Arg::Text(t.clone()));
         }
         let ngroup = cols.len().max(1);
-        let rows = self.query(&sql, &args, ngroup + 7)?;
+        let rows = self.query(&sql, &args, ngroup + 12)?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let mut it = r.into_iter();
@@ -361,7 +413,7 @@ impl LedgerDb {
                 });
             }
             let mut int = || it.next().map_or(0, |v| v.int());
-            out.push(UsageRow {
+            let mut row = UsageRow {
                 group,
                 requests: int(),
                 errors: int(),
@@ -370,7 +422,14 @@ impl LedgerDb {
                 cache_creation_input_tokens: int(),
                 cache_read_input_tokens: int(),
                 cost_micros: int(),
-            });
+                prompt_cache_saved_micros: int(),
+                response_cache_saved_micros: int(),
+                response_cache_hits: int(),
+                ..UsageRow::default()
+            };
+            let (prompt_tokens, reads) = (int(), int());
+            row.set_hit_rate_parts(prompt_tokens, reads);
+            out.push(row);
         }
         if cols.is_empty() {
             out.retain(|r| r.requests > 0);

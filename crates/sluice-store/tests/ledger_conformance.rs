@@ -520,6 +520,219 @@ fn capacity_report(b: &dyn Backend) {
     assert_eq!(s.tier_for_p95, "small");
 }
 
+/// A call with the given tokens and `saved_micros`, for the savings tests.
+#[allow(clippy::too_many_arguments)]
+fn saving(
+    ts: i64,
+    tenant: &str,
+    model: &str,
+    outcome: &'static str,
+    input: u64,
+    cache_write: u64,
+    cache_read: u64,
+    saved: i64,
+) -> LedgerRow {
+    LedgerRow {
+        ts_ms: ts,
+        request_id: format!("s{ts}"),
+        tenant: tenant.into(),
+        key_id: format!("key_{tenant}"),
+        feature: Some("chat".into()),
+        endpoint: "messages",
+        model: Some(model.into()),
+        status: 200,
+        outcome,
+        usage: Usage {
+            input_tokens: input,
+            output_tokens: 10,
+            cache_creation_input_tokens: cache_write,
+            cache_read_input_tokens: cache_read,
+            ..Usage::default()
+        },
+        cost_micros: Some(if outcome == "cache_hit" { 0 } else { 99 }),
+        saved_micros: saved,
+        ..LedgerRow::default()
+    }
+}
+
+/// The rows of the savings tests: a 3,000-token prompt on a $3/MTok model written once (the
+/// 5-minute premium, 3000 × 0.75 µ$, is a negative saving), read once (3000 × 2.7 µ$), then
+/// answered twice from the response cache, plus another tenant's uncached call.
+fn seed_savings(b: &dyn Backend) {
+    let w = b.writer(LedgerWriterOptions::default());
+    let tx = w.sender();
+    tx.record(saving(60_000, "web", "opus-4", "ok", 100, 3_000, 0, -2_250));
+    tx.record(saving(60_001, "web", "opus-4", "ok", 50, 0, 3_000, 8_100));
+    // A response-cache hit keeps the stored reply's usage; it never reached an upstream, so its
+    // tokens stay out of the prompt-cache hit rate.
+    tx.record(saving(
+        60_002,
+        "web",
+        "opus-4",
+        "cache_hit",
+        50,
+        0,
+        3_000,
+        9_000,
+    ));
+    tx.record(saving(120_000, "email", "sonnet-4", "ok", 1_000, 0, 0, 0));
+    tx.record(saving(
+        120_001,
+        "email",
+        "sonnet-4",
+        "cache_hit",
+        0,
+        0,
+        0,
+        500,
+    ));
+    // Outside the window.
+    tx.record(saving(
+        10 * D,
+        "web",
+        "opus-4",
+        "cache_hit",
+        0,
+        0,
+        0,
+        1_000_000,
+    ));
+    w.shutdown();
+}
+
+fn usage_cache_savings(b: &dyn Backend) {
+    seed_savings(b);
+    let db = b.db();
+    let q = |g: Vec<GroupBy>| UsageQuery {
+        since_ms: 0,
+        until_ms: D,
+        group_by: g,
+        tenant: None,
+    };
+    let all = db.usage(&q(vec![])).unwrap();
+    assert_eq!(all.len(), 1);
+    let a = &all[0];
+    assert_eq!(a.requests, 5);
+    assert_eq!(a.errors, 0, "a response-cache hit is not an error");
+    // -2250 + 8100 + 0: the write premium counts against the reads' discount.
+    assert_eq!(a.prompt_cache_saved_micros, 5_850);
+    assert_eq!(a.response_cache_saved_micros, 9_500);
+    assert_eq!(a.response_cache_hits, 2);
+    // Reads 3000 of 3100 + 3050 + 1000 prompt tokens that reached an upstream.
+    assert_eq!(a.prompt_cache_hit_rate, 3_000.0 / 7_150.0);
+    // The existing columns still count every row.
+    assert_eq!(a.input_tokens, 1_200);
+    assert_eq!(a.cache_read_input_tokens, 6_000);
+    assert_eq!(
+        a.prompt_cache_saved_micros + a.response_cache_saved_micros,
+        b.scalar(&format!(
+            "SELECT CAST(sum(saved_micros) AS BIGINT) FROM ledger WHERE ts_ms < {D}"
+        ))
+    );
+
+    let by = db.usage(&q(vec![GroupBy::Tenant, GroupBy::Model])).unwrap();
+    let got: Vec<(Vec<String>, i64, i64, i64, f64)> = by
+        .iter()
+        .map(|r| {
+            (
+                r.group.clone(),
+                r.prompt_cache_saved_micros,
+                r.response_cache_saved_micros,
+                r.response_cache_hits,
+                r.prompt_cache_hit_rate,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                vec!["web".to_string(), "opus-4".into()],
+                5_850,
+                9_000,
+                1,
+                3_000.0 / 6_150.0
+            ),
+            (vec!["email".into(), "sonnet-4".into()], 0, 500, 1, 0.0),
+        ]
+    );
+    // A total recomputes the rate from the tokens; it never adds or averages rates.
+    let mut t = sluice_store::UsageRow::default();
+    for r in &by {
+        t.add(r);
+    }
+    t.group = a.group.clone();
+    assert_eq!(&t, a);
+    let json = serde_json::to_value(a).unwrap();
+    for k in [
+        "requests",
+        "cost_micros",
+        "prompt_cache_saved_micros",
+        "response_cache_saved_micros",
+        "response_cache_hits",
+        "prompt_cache_hit_rate",
+    ] {
+        assert!(json.get(k).is_some(), "{k} missing from {json}");
+    }
+    assert!(json.get("hit_rate_parts").is_none(), "{json}");
+}
+
+fn capacity_cache_savings(b: &dyn Backend) {
+    seed_savings(b);
+    let rep = b
+        .db()
+        .capacity(
+            &sluice_store::report::CapacityQuery {
+                since_ms: 0,
+                until_ms: D,
+            },
+            &Policy,
+        )
+        .unwrap();
+    let names: Vec<&str> = rep.classes.iter().map(|c| c.class.as_str()).collect();
+    assert_eq!(names, vec!["opus", "sonnet"]);
+    let o = &rep.classes[0];
+    // The response-cache hit used no upstream capacity: two calls in minute 1, not three.
+    assert_eq!(o.requests_per_minute.peak, 2);
+    assert_eq!(o.input_tokens_per_minute.peak, 3_150);
+    assert_eq!(
+        (
+            o.uncached_input_tokens,
+            o.cache_write_tokens,
+            o.cache_read_tokens
+        ),
+        (150, 3_000, 3_000)
+    );
+    assert_eq!(o.cache_hit_rate, 3_000.0 / 6_150.0);
+    // Gross read discount (the policy's 4.5 µ$ a token) vs the ledger's net figure.
+    assert_eq!(o.cache_savings_micros, 13_500);
+    assert_eq!(o.prompt_cache_saved_micros, 5_850);
+    assert_eq!(
+        (o.response_cache_saved_micros, o.response_cache_hits),
+        (9_000, 1)
+    );
+    let s = &rep.classes[1];
+    assert_eq!(
+        (s.response_cache_saved_micros, s.response_cache_hits),
+        (500, 1)
+    );
+    assert_eq!(s.cache_hit_rate, 0.0);
+    let c = &rep.cache;
+    assert_eq!(c.cache_hit_rate, 3_000.0 / 7_150.0);
+    assert_eq!(
+        (
+            c.uncached_input_tokens,
+            c.cache_write_tokens,
+            c.cache_read_tokens
+        ),
+        (1_150, 3_000, 3_000)
+    );
+    assert_eq!(c.prompt_cache_saved_micros, 5_850);
+    assert_eq!(c.response_cache_saved_micros, 9_500);
+    assert_eq!(c.response_cache_hits, 2);
+    assert_eq!(c.saved_micros, 15_350);
+}
+
 macro_rules! conformance {
     ($backend:ident) => {
         mod $backend {
@@ -547,6 +760,16 @@ macro_rules! conformance {
             fn capacity_report() {
                 let Some(b) = super::$backend() else { return };
                 super::capacity_report(&b);
+            }
+            #[test]
+            fn usage_cache_savings() {
+                let Some(b) = super::$backend() else { return };
+                super::usage_cache_savings(&b);
+            }
+            #[test]
+            fn capacity_cache_savings() {
+                let Some(b) = super::$backend() else { return };
+                super::capacity_cache_savings(&b);
             }
             #[test]
             fn idempotent_replay() {

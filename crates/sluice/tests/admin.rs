@@ -733,3 +733,74 @@ async fn a_tenant_re_created_after_deletion_inherits_no_key_batch_or_spend() {
         .unwrap();
     assert_eq!(list["data"], json!([]), "{list}");
 }
+
+#[tokio::test]
+async fn usage_shows_what_the_caches_saved_as_documented() {
+    let a = admin_env("").await;
+    // Rows as the data plane records them, long before the gateway's own: a cache write (its
+    // premium a negative saving), a read, and a response-cache hit.
+    let w =
+        sluice_store::LedgerWriter::start(&a.env.db, sluice_store::LedgerWriterOptions::default())
+            .unwrap();
+    let tx = w.sender();
+    let row =
+        |i: i64, outcome: &'static str, cw: u64, cr: u64, saved: i64| sluice_store::LedgerRow {
+            ts_ms: 1_000 + i,
+            request_id: format!("req_seed_{i}"),
+            tenant: "web".into(),
+            key_id: a.env.web_key_id.clone(),
+            endpoint: "messages",
+            model: Some("claude-sonnet-4-5".into()),
+            status: 200,
+            outcome,
+            usage: sluice_core::Usage {
+                input_tokens: 200,
+                cache_creation_input_tokens: cw,
+                cache_read_input_tokens: cr,
+                ..sluice_core::Usage::default()
+            },
+            saved_micros: saved,
+            ..sluice_store::LedgerRow::default()
+        };
+    tx.record(row(0, "ok", 3_000, 0, -2_250));
+    tx.record(row(1, "ok", 0, 3_000, 8_100));
+    tx.record(row(2, "cache_hit", 0, 3_000, 6_000));
+    w.shutdown();
+
+    let (s, v) = a
+        .get("/admin/v1/usage?since=0&until=100000&group_by=tenant")
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{v}");
+    let r = &rows[0];
+    assert_eq!(r["requests"], 3);
+    assert_eq!(r["prompt_cache_saved_micros"], 5_850);
+    assert_eq!(r["response_cache_saved_micros"], 6_000);
+    assert_eq!(r["response_cache_hits"], 1);
+    assert_eq!(
+        r["prompt_cache_hit_rate"].as_f64().unwrap(),
+        3_000.0 / 6_400.0
+    );
+    // Every key the route returns is documented, and every documented key is returned.
+    let doc: Value = serde_json::from_str(sluice_admin::openapi::DOCUMENT).unwrap();
+    let mut documented: Vec<&str> = doc["components"]["schemas"]["UsageRow"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut returned: Vec<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+    documented.sort_unstable();
+    returned.sort_unstable();
+    assert_eq!(returned, documented);
+    let top: Vec<&String> = doc["paths"]["/admin/v1/usage"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    for k in top {
+        assert!(v.get(k).is_some(), "{k} documented, not returned: {v}");
+    }
+}

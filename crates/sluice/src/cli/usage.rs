@@ -35,7 +35,8 @@ pub struct UsageArgs {
 #[derive(Debug, Clone, Subcommand)]
 pub enum ReportCommand {
     /// Per model class: sustained and peak per-minute traffic, 429s by reason, prompt-cache hit
-    /// rate and savings, and the upstream tier the measured p95 traffic needs.
+    /// rate, what the prompt and response caches saved, and the upstream tier the measured p95
+    /// traffic needs.
     Capacity(CapacityArgs),
 }
 
@@ -168,6 +169,10 @@ pub fn usage_report(cfg: &Config, args: &UsageArgs, now: i64) -> anyhow::Result<
                     "cache_read_input_tokens",
                     "cost_micros",
                     "cost_usd",
+                    "prompt_cache_saved_micros",
+                    "response_cache_saved_micros",
+                    "response_cache_hits",
+                    "prompt_cache_hit_rate",
                 ]
                 .map(String::from),
             );
@@ -183,6 +188,10 @@ pub fn usage_report(cfg: &Config, args: &UsageArgs, now: i64) -> anyhow::Result<
                     r.cache_read_input_tokens.to_string(),
                     r.cost_micros.to_string(),
                     fmt_usd(r.cost_micros).trim_start_matches('$').to_owned(),
+                    r.prompt_cache_saved_micros.to_string(),
+                    r.response_cache_saved_micros.to_string(),
+                    r.response_cache_hits.to_string(),
+                    format!("{:.6}", r.prompt_cache_hit_rate),
                 ]);
                 let _ = writeln!(out, "{}", f.join(","));
             }
@@ -196,20 +205,34 @@ pub fn usage_report(cfg: &Config, args: &UsageArgs, now: i64) -> anyhow::Result<
             };
             let nums = |r: &sluice_store::UsageRow| {
                 format!(
-                    "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15}",
+                    "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15} {:>8.1}% {:>15} {:>9} {:>15}",
                     r.requests,
                     r.errors,
                     r.input_tokens,
                     r.output_tokens,
                     r.cache_creation_input_tokens,
                     r.cache_read_input_tokens,
-                    fmt_usd(r.cost_micros)
+                    fmt_usd(r.cost_micros),
+                    r.prompt_cache_hit_rate * 100.0,
+                    fmt_usd(r.prompt_cache_saved_micros),
+                    r.response_cache_hits,
+                    fmt_usd(r.response_cache_saved_micros),
                 )
             };
             let mut line = head.iter().map(|h| format!("{h:<24}")).collect::<String>();
             line.push_str(&format!(
-                "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15}",
-                "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_WRITE", "CACHE_READ", "COST"
+                "{:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>15} {:>9} {:>15} {:>9} {:>15}",
+                "REQUESTS",
+                "ERRORS",
+                "INPUT",
+                "OUTPUT",
+                "CACHE_WRITE",
+                "CACHE_READ",
+                "COST",
+                "CACHE_HIT",
+                "PROMPT_SAVED",
+                "RESP_HITS",
+                "RESP_SAVED"
             ));
             let _ = writeln!(out, "{line}");
             for r in &rows {
@@ -321,7 +344,8 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
                 "class,active_minutes,rpm_p50,rpm_p95,rpm_peak,itpm_p50,itpm_p95,itpm_peak,\
                  otpm_p50,otpm_p95,otpm_peak,peak_minute,limited_tenant,limited_org,\
                  limited_budget,upstream_429,uncached_input_tokens,cache_write_tokens,\
-                 cache_read_tokens,cache_hit_rate,cache_savings_micros,tier_for_p95,tier_for_peak"
+                 cache_read_tokens,cache_hit_rate,cache_savings_micros,tier_for_p95,tier_for_peak,\
+                 prompt_cache_saved_micros,response_cache_saved_micros,response_cache_hits"
             );
             for c in &rep.classes {
                 let (r, i, o) = (
@@ -331,7 +355,7 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
                 );
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{},{},{},{},{},{}",
                     csv_field(&c.class),
                     c.active_minutes,
                     r.p50,
@@ -355,6 +379,9 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
                     c.cache_savings_micros,
                     csv_field(&c.tier_for_p95),
                     csv_field(&c.tier_for_peak),
+                    c.prompt_cache_saved_micros,
+                    c.response_cache_saved_micros,
+                    c.response_cache_hits,
                 );
             }
         }
@@ -368,7 +395,7 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
             );
             let _ = writeln!(
                 out,
-                "{:<12} {:>7} {:>16} {:>26} {:>22} {:>19} {:>6} {:>14} {:>13} {:>13}",
+                "{:<12} {:>7} {:>16} {:>26} {:>22} {:>19} {:>6} {:>14} {:>14} {:>13} {:>13}",
                 "CLASS",
                 "MINUTES",
                 "REQ/MIN",
@@ -376,14 +403,15 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
                 "OUTPUT TOK/MIN",
                 "429 TEN/ORG/BUD/UP",
                 "CACHE",
-                "CACHE SAVED",
+                "PROMPT SAVED",
+                "RESP SAVED",
                 "TIER (P95)",
                 "TIER (PEAK)"
             );
             for c in &rep.classes {
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>7} {:>16} {:>26} {:>22} {:>19} {:>5.1}% {:>14} {:>13} {:>13}",
+                    "{:<12} {:>7} {:>16} {:>26} {:>22} {:>19} {:>5.1}% {:>14} {:>14} {:>13} {:>13}",
                     c.class,
                     c.active_minutes,
                     rates(&c.requests_per_minute),
@@ -394,11 +422,30 @@ pub fn capacity_report(cfg: &Config, args: &CapacityArgs, now: i64) -> anyhow::R
                         c.limited_tenant, c.limited_org, c.limited_budget, c.upstream_429
                     ),
                     c.cache_hit_rate * 100.0,
-                    fmt_usd(i64::try_from(c.cache_savings_micros).unwrap_or(i64::MAX)),
+                    fmt_usd(c.prompt_cache_saved_micros),
+                    fmt_usd(c.response_cache_saved_micros),
                     c.tier_for_p95,
                     c.tier_for_peak
                 );
             }
+            let k = &rep.cache;
+            let _ = writeln!(
+                out,
+                "Caches: prompt-cache hit rate {:.1}% ({} of {} prompt tokens read from cache); \
+                 prompt cache saved {}, response cache saved {} ({} {}); {} in all",
+                k.cache_hit_rate * 100.0,
+                k.cache_read_tokens,
+                k.cache_read_tokens + k.cache_write_tokens + k.uncached_input_tokens,
+                fmt_usd(k.prompt_cache_saved_micros),
+                fmt_usd(k.response_cache_saved_micros),
+                k.response_cache_hits,
+                if k.response_cache_hits == 1 {
+                    "hit"
+                } else {
+                    "hits"
+                },
+                fmt_usd(k.saved_micros)
+            );
             if let Some(t) = &cfg.org.tier {
                 let _ = writeln!(out, "Configured org.tier: {t}");
             }
