@@ -905,7 +905,10 @@ mod tests {
         ] {
             let l = lay(body);
             let at = body.find(r#""m-1""#).unwrap();
-            for plan in [all(Ttl::OneHour), Plan::bedrock(Ttl::FiveMinutes, false, true, true)] {
+            for plan in [
+                all(Ttl::OneHour),
+                Plan::bedrock(Ttl::FiveMinutes, false, true, true),
+            ] {
                 let out = String::from_utf8(apply(body.as_bytes(), &l, &plan)).unwrap();
                 let moved = at + inserted_before(&l, &plan, at);
                 assert_eq!(&out[moved..moved + 5], r#""m-1""#, "{body} -> {out}");

@@ -845,11 +845,23 @@ mod tests {
         };
         let k = |b: &str, tools, system| planned_affinity_key(b.as_bytes(), &ok(b), tools, system);
         // A system breakpoint: every conversation on that prompt goes to one member.
-        assert_eq!(k(&body("s", "a", "x"), true, true), k(&body("s", "b", "y"), true, true));
-        assert_ne!(k(&body("s", "a", "x"), true, true), k(&body("t", "a", "x"), true, true));
+        assert_eq!(
+            k(&body("s", "a", "x"), true, true),
+            k(&body("s", "b", "y"), true, true)
+        );
+        assert_ne!(
+            k(&body("s", "a", "x"), true, true),
+            k(&body("t", "a", "x"), true, true)
+        );
         // The tail only: one key per conversation, whatever its later turns.
-        assert_eq!(k(&body("s", "a", "x"), false, false), k(&body("s", "a", "y"), false, false));
-        assert_ne!(k(&body("s", "a", "x"), false, false), k(&body("s", "b", "x"), false, false));
+        assert_eq!(
+            k(&body("s", "a", "x"), false, false),
+            k(&body("s", "a", "y"), false, false)
+        );
+        assert_ne!(
+            k(&body("s", "a", "x"), false, false),
+            k(&body("s", "b", "x"), false, false)
+        );
         // Another model moves every key.
         let other = body("s", "a", "x").replace(r#""m""#, r#""n""#);
         assert_ne!(k(&body("s", "a", "x"), true, true), k(&other, true, true));
