@@ -159,12 +159,18 @@ async fn a_conversation_and_a_shared_system_prompt_read_from_cache_and_cost_less
             assert!(write > 2_500 && read == 0, "turn 1 writes: {u}");
         } else {
             // The tail cached automatically on the last turn is read, so reads grow.
-            assert!(read > *reads.last().unwrap(), "turn {turn}: {u} after {reads:?}");
+            assert!(
+                read > *reads.last().unwrap(),
+                "turn {turn}: {u} after {reads:?}"
+            );
             assert!(write > 0, "turn {turn} writes its new tail: {u}");
         }
         reads.push(read);
     }
-    assert!(reads[1] > 2_500, "turn 2 reads at least the system prompt: {reads:?}");
+    assert!(
+        reads[1] > 2_500,
+        "turn 2 reads at least the system prompt: {reads:?}"
+    );
 
     // Another conversation on the same system prompt reads it on its first turn, from the
     // breakpoint Sluice put at the end of `system`.
@@ -195,10 +201,16 @@ async fn a_conversation_and_a_shared_system_prompt_read_from_cache_and_cost_less
         assert_eq!(p.write_1h, 0);
     }
     for p in off {
-        assert!(!p.added && p.read == 0 && p.write_5m == 0 && p.saved == 0, "{p:?}");
+        assert!(
+            !p.added && p.read == 0 && p.write_5m == 0 && p.saved == 0,
+            "{p:?}"
+        );
     }
     // Turn 1 only paid the write premium: a quarter of the input price on what it wrote.
-    assert_eq!(auto[0].saved, -micros(auto[0].write_5m * (WRITE_5M - INPUT)));
+    assert_eq!(
+        auto[0].saved,
+        -micros(auto[0].write_5m * (WRITE_5M - INPUT))
+    );
     // Every later call saves nine tenths of the input price on what it read, less the premium.
     for p in &auto[1..] {
         assert!(p.saved > 0, "{p:?}");
@@ -313,7 +325,12 @@ async fn a_one_hour_ttl_marks_every_breakpoint_and_a_class_override_applies() {
     let system = system_prompt();
     let v = post(&env, &env.web_key, &conversation(&system, "clouds", 1)).await;
     let u = &v["usage"];
-    assert!(u["cache_creation"]["ephemeral_1h_input_tokens"].as_i64().unwrap() > 2_500);
+    assert!(
+        u["cache_creation"]["ephemeral_1h_input_tokens"]
+            .as_i64()
+            .unwrap()
+            > 2_500
+    );
     assert_eq!(u["cache_creation"]["ephemeral_5m_input_tokens"], 0);
     // Another class (Opus 4.1, minimum 1,024 too) takes the tenant's `off`.
     let opus = conversation(&system, "clouds", 1).replace(MODEL, "claude-opus-4-1");
@@ -338,7 +355,10 @@ async fn a_one_hour_ttl_marks_every_breakpoint_and_a_class_override_applies() {
     assert!(rows[0].added && !rows[1].added);
     assert_eq!(rows[0].cost, cost_by_hand(&rows[0]));
     // A 1-hour write costs twice the input price: the premium is the whole input price.
-    assert_eq!(rows[0].saved, -micros(rows[0].write_1h * (WRITE_1H - INPUT)));
+    assert_eq!(
+        rows[0].saved,
+        -micros(rows[0].write_1h * (WRITE_1H - INPUT))
+    );
 }
 
 const KEY_A: &str = "sk-ant-AAAA-prompt-cache-primary-secret";
@@ -393,7 +413,10 @@ then = [{{ provider = "bedrock" }}]
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let served = r.headers()["x-sluice-served-by"].to_str().unwrap().to_owned();
+        let served = r.headers()["x-sluice-served-by"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(served.starts_with("provider=bedrock;"), "{served}");
         let v: serde_json::Value = r.json().await.unwrap();
         reads.push(v["usage"]["cache_read_input_tokens"].as_i64().unwrap());
@@ -437,4 +460,49 @@ then = [{{ provider = "bedrock" }}]
         assert_eq!(p.cost, cost_by_hand(p), "{p:?}");
     }
     assert!(rows[1].saved > 0 && rows[2].saved > 0);
+}
+
+const KEY_B: &str = "sk-ant-BBBB-prompt-cache-second-secret";
+
+#[tokio::test]
+async fn conversations_sharing_a_system_prompt_keep_to_the_member_that_cached_it() {
+    // Two keys: the upstream's cache is per key, so a new conversation reads the shared
+    // system prompt only if it goes where it was written.
+    let upstream = format!(
+        "\n[[upstream.members]]\nname = \"a\"\napi_key = \"{KEY_A}\"\nweight = 1\n\n[[upstream.members]]\nname = \"b\"\napi_key = \"{KEY_B}\"\nweight = 1\n"
+    );
+    let env = env_with(Opts {
+        upstream_extra: upstream,
+        web_extra: "prompt_cache = \"auto\"".into(),
+        mock: MockOptions {
+            api_keys: vec![KEY_A.into(), KEY_B.into()],
+            record: true,
+            output_tokens: Some(OUTPUT as u64),
+            ..MockOptions::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let system = system_prompt();
+    post(&env, &env.web_key, &conversation(&system, "topic 0", 1)).await;
+    // Spread by weight, seven more conversations would all find the first one's key with a
+    // chance of 1 in 128.
+    for i in 1..8 {
+        let v = post(
+            &env,
+            &env.web_key,
+            &conversation(&system, &format!("topic {i}"), 1),
+        )
+        .await;
+        assert!(
+            v["usage"]["cache_read_input_tokens"].as_i64().unwrap() > 2_500,
+            "conversation {i}: {v}"
+        );
+    }
+    assert_eq!(
+        env.mock
+            .key_requests(KEY_A)
+            .min(env.mock.key_requests(KEY_B)),
+        0
+    );
 }
