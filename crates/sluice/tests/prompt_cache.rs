@@ -366,7 +366,7 @@ const AKID: &str = "AKIAPROMPTCACHETEST1";
 const AWS_SECRET: &str = "prompt/cache+secret";
 
 #[tokio::test]
-async fn a_fallback_to_bedrock_gets_explicit_breakpoints_and_caches_there() {
+async fn a_fallback_to_bedrock_gets_explicit_breakpoints_and_vertex_the_automatic_form() {
     let upstream = format!(
         r#"max_attempts = 1
 
@@ -385,9 +385,19 @@ aws_access_key_id = "{AKID}"
 aws_secret_access_key = "{AWS_SECRET}"
 models = {{ "claude-sonnet-4-5" = "anthropic.claude-sonnet-4-5-20250929-v1:0" }}
 
+[[upstream.members]]
+name = "vertex-east"
+provider = "vertex"
+weight = 0
+project = "sluice-test"
+region = "us-east5"
+base_url = "{{MOCK}}"
+credentials_file = "{{VERTEX_SA}}"
+models = {{ "claude-sonnet-4-5" = "claude-sonnet-4-5@20250929" }}
+
 [[upstream.fallbacks]]
 model = "claude-sonnet-4-5"
-then = [{{ provider = "bedrock" }}]
+then = [{{ provider = "bedrock" }}, {{ provider = "vertex" }}]
 "#
     );
     let mut env = env_with(Opts {
@@ -396,6 +406,7 @@ then = [{{ provider = "bedrock" }}]
         mock: MockOptions {
             api_keys: vec![KEY_A.into()],
             aws_credentials: Some((AKID.into(), AWS_SECRET.into())),
+            gcp_public_key_der: Some(std::fs::read(sluice_mock::VERTEX_SA_PUBLIC_KEY_DER).unwrap()),
             record: true,
             output_tokens: Some(OUTPUT as u64),
             ..MockOptions::default()
@@ -430,6 +441,7 @@ then = [{{ provider = "bedrock" }}]
     let to = |anthropic: bool| {
         recorded
             .iter()
+            .filter(|r| r.path.contains("/model/") || r.path == "/v1/messages")
             .filter(|r| (r.path == "/v1/messages") == anthropic)
             .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
             .collect::<Vec<_>>()
@@ -452,14 +464,45 @@ then = [{{ provider = "bedrock" }}]
         assert_eq!(v["anthropic_version"], "bedrock-2023-05-31");
     }
 
+    // Bedrock failing too: Vertex, which takes the automatic form again (its own cache).
+    env.mock.set_key_status(AKID, Some(503));
+    let mut vertex_reads = Vec::new();
+    for turns in [1, 2] {
+        let r = env
+            .post_messages(&env.web_key, &conversation(&system, "lakes", turns))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let served = r.headers()["x-sluice-served-by"].to_str().unwrap().to_owned();
+        assert!(served.starts_with("provider=vertex;"), "{served}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        vertex_reads.push(v["usage"]["cache_read_input_tokens"].as_i64().unwrap());
+    }
+    assert_eq!(vertex_reads[0], 0);
+    assert!(vertex_reads[1] > 2_500, "{vertex_reads:?}");
+    let vertex: Vec<serde_json::Value> = env
+        .mock
+        .recorded()
+        .iter()
+        .filter(|r| r.path.ends_with(":rawPredict"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(vertex.len(), 2);
+    for v in &vertex {
+        assert_eq!(v["cache_control"]["type"], "ephemeral");
+        assert!(v["system"][0]["cache_control"].is_object());
+        assert!(v.get("model").is_none());
+    }
+
     env.finish().await;
     let rows = priced(&env);
-    assert_eq!(rows.len(), 3);
+    assert_eq!(rows.len(), 5);
     for p in &rows {
         assert!(p.added);
         assert_eq!(p.cost, cost_by_hand(p), "{p:?}");
     }
-    assert!(rows[1].saved > 0 && rows[2].saved > 0);
+    assert!(rows[1].saved > 0 && rows[2].saved > 0 && rows[4].saved > 0);
 }
 
 const KEY_B: &str = "sk-ant-BBBB-prompt-cache-second-secret";
