@@ -474,7 +474,10 @@ then = [{{ provider = "bedrock" }}, {{ provider = "vertex" }}]
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let served = r.headers()["x-sluice-served-by"].to_str().unwrap().to_owned();
+        let served = r.headers()["x-sluice-served-by"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         assert!(served.starts_with("provider=vertex;"), "{served}");
         let v: serde_json::Value = r.json().await.unwrap();
         vertex_reads.push(v["usage"]["cache_read_input_tokens"].as_i64().unwrap());
@@ -547,5 +550,66 @@ async fn conversations_sharing_a_system_prompt_keep_to_the_member_that_cached_it
             .key_requests(KEY_A)
             .min(env.mock.key_requests(KEY_B)),
         0
+    );
+}
+
+#[tokio::test]
+async fn a_model_fallback_takes_its_own_models_minimum_and_keeps_the_markers_through_the_swap() {
+    // Haiku 4.5 (minimum 4,096) overloaded on the primary; the chain goes to Sonnet 4.5
+    // (minimum 1,024) on a standby that knows it under a dated id.
+    let upstream = format!(
+        "max_attempts = 1\n\n[[upstream.members]]\nname = \"primary\"\napi_key = \"{KEY_A}\"\nweight = 1\n\n[[upstream.members]]\nname = \"spare\"\napi_key = \"{KEY_B}\"\nweight = 0\nmodels = {{ \"claude-sonnet-4-5\" = \"claude-sonnet-4-5-20250929\" }}\n\n[[upstream.fallbacks]]\nmodel = \"claude-haiku-4-5\"\nthen = [{{ model = \"claude-sonnet-4-5\", member = \"spare\" }}]\n"
+    );
+    let mut env = env_with(Opts {
+        upstream_extra: upstream,
+        web_extra: "prompt_cache = \"auto\"".into(),
+        mock: MockOptions {
+            api_keys: vec![KEY_A.into(), KEY_B.into()],
+            record: true,
+            output_tokens: Some(OUTPUT as u64),
+            ..MockOptions::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    env.mock.set_key_status(KEY_A, Some(529));
+    // About 1,800 tokens: under Haiku's minimum, over Sonnet's.
+    let system =
+        "You are a careful assistant for the Sluice test suite; answer briefly. ".repeat(100);
+    let haiku = |topic: &str| conversation(&system, topic, 1).replace(MODEL, "claude-haiku-4-5");
+    let mut reads = Vec::new();
+    for topic in ["ponds", "brooks"] {
+        let v = post(&env, &env.web_key, &haiku(topic)).await;
+        reads.push(v["usage"]["cache_read_input_tokens"].as_i64().unwrap());
+    }
+    // The second conversation read the system prompt the first wrote on the spare.
+    assert_eq!(reads[0], 0);
+    assert!(reads[1] > 1_500, "{reads:?}");
+
+    let recorded = env.mock.recorded();
+    assert_eq!(recorded.len(), 4);
+    for (i, topic) in ["ponds", "brooks"].into_iter().enumerate() {
+        // Haiku's attempt: nothing could be cached at its minimum, so the body went as sent.
+        assert_eq!(recorded[2 * i].body.as_ref(), haiku(topic).as_bytes());
+        // Sonnet's: marked, then named by the member's id, nothing else changed.
+        let sent = String::from_utf8(recorded[2 * i + 1].body.to_vec()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&sent).unwrap();
+        assert_eq!(v["model"], "claude-sonnet-4-5-20250929");
+        assert_eq!(v["cache_control"]["type"], "ephemeral");
+        assert_eq!(v["system"][0]["text"], system.as_str());
+        assert!(v["system"][0]["cache_control"].is_object());
+        let unmarked = sent
+            .replace(r#","cache_control":{"type":"ephemeral"}"#, "")
+            .replace(r#"[{"type":"text","text":"#, "")
+            .replace(r#""}],"#, r#"","#)
+            .replace("claude-sonnet-4-5-20250929", "claude-haiku-4-5");
+        assert_eq!(unmarked, haiku(topic));
+    }
+
+    env.finish().await;
+    let rows = priced(&env);
+    assert_eq!(
+        rows.iter().map(|p| p.added).collect::<Vec<_>>(),
+        [true, true]
     );
 }
