@@ -15,7 +15,7 @@ pub use content::ContentBytes;
 pub use error::{error_body, error_type, sse_error_event};
 pub use request::{
     MAX_MODEL_LEN, MessageRequest, Spans, WireError, cache_affinity_key, parse_message_request,
-    with_model,
+    planned_affinity_key, with_model,
 };
 pub use response::{MessageSummary, parse_message_response};
 pub use sse::{SseTap, StreamError, StreamSummary};

@@ -344,9 +344,45 @@ pub fn apply(body: &[u8], layout: &CacheLayout, plan: &Plan) -> Vec<u8> {
     if layout.has_marker || layout.len != body.len() {
         return body.to_vec();
     }
-    // At most two insertions per spot, ordered by offset, then by `rank` at one offset: a
-    // wrapped string's tail, which closes the value, before a member added to the object
-    // holding it. No two insertions share both.
+    let (ins, n) = insertions(layout, plan);
+    let ins = &ins[..n];
+    let extra: usize = ins.iter().flat_map(|i| i.bytes).map(<[u8]>::len).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
+    let mut from = 0;
+    for i in ins {
+        out.extend_from_slice(&body[from..i.at]);
+        for b in i.bytes {
+            out.extend_from_slice(b);
+        }
+        from = i.at;
+    }
+    out.extend_from_slice(&body[from..]);
+    out
+}
+
+/// How many bytes [`apply`] inserts before offset `at` of the body `layout` describes, so an
+/// offset into the original body (e.g. the `model` value's, for a later model swap) can be
+/// carried over to the edited one: it moves to `at + inserted_before(..)`. Exact for an offset
+/// outside the planned blocks (a top-level value other than `tools`, `system` and `messages`);
+/// 0 when [`apply`] would not edit.
+pub fn inserted_before(layout: &CacheLayout, plan: &Plan, at: usize) -> usize {
+    if layout.has_marker {
+        return 0;
+    }
+    let (ins, n) = insertions(layout, plan);
+    ins[..n]
+        .iter()
+        .filter(|i| i.at <= at)
+        .flat_map(|i| i.bytes)
+        .map(<[u8]>::len)
+        .sum()
+}
+
+/// The insertions of `plan` into the body `layout` describes, sorted by offset: at most two
+/// per spot.
+fn insertions(layout: &CacheLayout, plan: &Plan) -> ([Insert; 8], usize) {
+    // Ordered by offset, then by `rank` at one offset: a wrapped string's tail, which closes
+    // the value, before a member added to the object holding it. No two insertions share both.
     let mut ins = [Insert::default(); 8];
     let mut n = 0;
     let mut put = |at: usize, rank: u8, bytes: [&'static [u8]; 3]| {
@@ -367,21 +403,9 @@ pub fn apply(body: &[u8], layout: &CacheLayout, plan: &Plan) -> Vec<u8> {
             }
         }
     }
-    let ins = &mut ins[..n];
     // Unstable sort needs no scratch buffer, so the output stays the one allocation.
-    ins.sort_unstable_by_key(|i| (i.at, i.rank));
-    let extra: usize = ins.iter().flat_map(|i| i.bytes).map(<[u8]>::len).sum();
-    let mut out = Vec::with_capacity(body.len() + extra);
-    let mut from = 0;
-    for i in ins.iter() {
-        out.extend_from_slice(&body[from..i.at]);
-        for b in i.bytes {
-            out.extend_from_slice(b);
-        }
-        from = i.at;
-    }
-    out.extend_from_slice(&body[from..]);
-    out
+    ins[..n].sort_unstable_by_key(|i| (i.at, i.rank));
+    (ins, n)
 }
 
 /// Bytes to insert before `body[at]`.
@@ -869,6 +893,29 @@ mod tests {
     fn edit(body: &str, plan: &Plan) -> String {
         let l = lay(body);
         String::from_utf8(apply(body.as_bytes(), &l, plan)).unwrap()
+    }
+
+    #[test]
+    fn inserted_before_carries_a_top_level_offset_over_to_the_edited_body() {
+        // The model before, between and after the edited sections.
+        for body in [
+            r#"{"model":"m-1","tools":[{"name":"t"}],"system":"s","messages":[{"role":"user","content":"u"}]}"#,
+            r#"{"tools":[{"name":"t"}],"model":"m-1","system":"s","messages":[{"role":"user","content":"u"}]}"#,
+            r#"{"tools":[{"name":"t"}],"system":"s","messages":[{"role":"user","content":"u"}],"model":"m-1"}"#,
+        ] {
+            let l = lay(body);
+            let at = body.find(r#""m-1""#).unwrap();
+            for plan in [
+                all(Ttl::OneHour),
+                Plan::bedrock(Ttl::FiveMinutes, false, true, true),
+            ] {
+                let out = String::from_utf8(apply(body.as_bytes(), &l, &plan)).unwrap();
+                let moved = at + inserted_before(&l, &plan, at);
+                assert_eq!(&out[moved..moved + 5], r#""m-1""#, "{body} -> {out}");
+            }
+        }
+        let marked = r#"{"system":[{"type":"text","text":"s","cache_control":{}}],"model":"m"}"#;
+        assert_eq!(inserted_before(&lay(marked), &all(Ttl::FiveMinutes), 60), 0);
     }
 
     #[test]

@@ -203,6 +203,35 @@ pub fn cache_affinity_key(body: &[u8], req: &MessageRequest) -> Option<u64> {
     Some(h.digest())
 }
 
+/// The [`cache_affinity_key`] of a body that carries no marker of its own but will get
+/// breakpoints from the gateway (automatic prompt caching: at the end of `system` when
+/// `system`, else at the end of `tools` when `tools`, else only the conversation's tail), read
+/// from the unmarked body, so the key is the same whichever provider form the markers later
+/// take. As in [`cache_affinity_key`], calls sharing the marked prefix share a key (a new
+/// conversation goes where the shared system prompt was cached), and a conversation cached
+/// only by its tail keeps to one member by its first message.
+pub fn planned_affinity_key(body: &[u8], req: &MessageRequest, tools: bool, system: bool) -> u64 {
+    let part = |r: &Option<Range<usize>>| r.clone().and_then(|r| body.get(r)).unwrap_or(&[]);
+    let (t, s) = (part(&req.spans.tools), part(&req.spans.system));
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(req.model.as_bytes());
+    h.update(&[0xff]);
+    if system {
+        h.update(t);
+        h.update(&[0xff]);
+        h.update(s);
+    } else if tools {
+        h.update(t);
+    } else {
+        h.update(t);
+        h.update(&[0xff]);
+        h.update(s);
+        h.update(&[0xff]);
+        h.update(part(&req.spans.first_message));
+    }
+    h.digest()
+}
+
 /// `body` with its `model` replaced by `model` (a fallback step to another model). The bytes
 /// around the value are kept as they are; only a model string with escapes in it forces a
 /// rewrite of the whole body (`None` if the body is not a JSON object).
@@ -805,6 +834,37 @@ mod tests {
         assert!(
             key(r#"{"model":"m","cache_control":{"type":"ephemeral"},"messages":[]}"#).is_some()
         );
+    }
+
+    #[test]
+    fn planned_affinity_shares_the_system_prompt_or_keeps_one_conversation() {
+        let body = |sys: &str, first: &str, last: &str| {
+            format!(
+                r#"{{"model":"m","system":"{sys}","messages":[{{"role":"user","content":"{first}"}},{{"role":"user","content":"{last}"}}]}}"#
+            )
+        };
+        let k = |b: &str, tools, system| planned_affinity_key(b.as_bytes(), &ok(b), tools, system);
+        // A system breakpoint: every conversation on that prompt goes to one member.
+        assert_eq!(
+            k(&body("s", "a", "x"), true, true),
+            k(&body("s", "b", "y"), true, true)
+        );
+        assert_ne!(
+            k(&body("s", "a", "x"), true, true),
+            k(&body("t", "a", "x"), true, true)
+        );
+        // The tail only: one key per conversation, whatever its later turns.
+        assert_eq!(
+            k(&body("s", "a", "x"), false, false),
+            k(&body("s", "a", "y"), false, false)
+        );
+        assert_ne!(
+            k(&body("s", "a", "x"), false, false),
+            k(&body("s", "b", "x"), false, false)
+        );
+        // Another model moves every key.
+        let other = body("s", "a", "x").replace(r#""m""#, r#""n""#);
+        assert_ne!(k(&body("s", "a", "x"), true, true), k(&other, true, true));
     }
 
     #[test]

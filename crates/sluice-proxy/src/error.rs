@@ -35,6 +35,11 @@ pub enum GatewayError {
         "x-sluice-feature: must be 1-64 characters of A-Z, a-z, 0-9, '.', '_', ':', '/' and '-'"
     )]
     BadFeature,
+    /// `x-sluice-prompt-cache` holds something other than `off`.
+    #[error(
+        "x-sluice-prompt-cache: the only value is \"off\" (opt this call out of automatic prompt caching)"
+    )]
+    BadPromptCacheHeader,
     /// The query string is malformed (e.g. `limit=abc`).
     #[error("{0}")]
     BadQuery(String),
@@ -90,9 +95,11 @@ impl GatewayError {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey => ErrorKind::Authentication,
             Self::TenantDisabled(_) | Self::TenantUnknown(_) => ErrorKind::Permission,
-            Self::BadFeature | Self::BadQuery(_) | Self::BadRequest(_) | Self::BodyRead(_) => {
-                ErrorKind::InvalidRequest
-            }
+            Self::BadFeature
+            | Self::BadPromptCacheHeader
+            | Self::BadQuery(_)
+            | Self::BadRequest(_)
+            | Self::BodyRead(_) => ErrorKind::InvalidRequest,
             Self::TooLarge(_) => ErrorKind::RequestTooLarge,
             Self::Upstream(UpstreamError::Timeout(_)) | Self::BodyTimeout(_) => ErrorKind::Timeout,
             Self::Upstream(_) | Self::UpstreamBody | Self::Internal(_) => ErrorKind::Api,

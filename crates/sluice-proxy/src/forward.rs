@@ -44,15 +44,31 @@ impl Call {
         endpoint: Endpoint,
         req: Option<&MessageRequest>,
     ) -> Result<http::Response<UpstreamBody>, GatewayError> {
+        let class = self.rec.permit().map(|p| &**p.class());
+        let auto = crate::prompt_cache::decide(
+            &self.cfg,
+            &self.tenant,
+            class,
+            &parts.headers,
+            &body,
+            endpoint,
+        )?;
         let mut h = std::mem::take(&mut parts.headers);
         headers::for_upstream(&mut h);
         let upstream = s.upstream();
         let pq = path_and_query(&parts.uri);
         let model = req.map_or("", |r| r.model.as_str());
         let stream = req.is_some_and(|r| r.stream);
-        let affinity = req
-            .filter(|_| upstream.affinity())
-            .and_then(|r| sluice_anthropic::cache_affinity_key(&body, r));
+        let affinity = match (req, &auto) {
+            _ if !upstream.affinity() => None,
+            // Keyed on the prefix the markers Sluice adds will cache.
+            (Some(r), Some(a)) => {
+                a.affinity_key(&body, r, self.cfg.caching.min_cacheable_tokens(model))
+            }
+            (Some(r), None) => sluice_anthropic::cache_affinity_key(&body, r),
+            (None, _) => None,
+        };
+        let mut bodies = crate::prompt_cache::Bodies::new(body, req, auto);
         let mut route = Route::new(
             upstream,
             endpoint,
@@ -60,19 +76,18 @@ impl Call {
             affinity,
         );
         while let Some(step) = route.next_step() {
-            let step_body = match req {
-                Some(r) if step.model != model => swap_model(&body, r, step.model)?,
-                _ => body.clone(),
-            };
             while let Some(member) = route.pick() {
                 let provider = upstream.provider(member);
                 let model_id = upstream.model_id(member, step.model);
-                let member_body = match req {
-                    Some(r) if provider == Provider::Anthropic && model_id != step.model => {
-                        swap_model(&body, r, model_id)?
-                    }
-                    _ => step_body.clone(),
+                // Only the Anthropic API reads the model from the body under the member's own
+                // id; Bedrock and Vertex take the id from the URL.
+                let names = if provider == Provider::Anthropic {
+                    model_id
+                } else {
+                    step.model
                 };
+                let (member_body, cache_added) =
+                    bodies.body_for(&self.cfg, provider, step.model, names)?;
                 // The headers are needed again only if another attempt may follow.
                 let hdrs = if route.no_attempt_can_follow() {
                     std::mem::take(&mut h)
@@ -94,11 +109,12 @@ impl Call {
                 match route.verdict(&result, &self.request_id) {
                     Verdict::Done { exhausted } => {
                         self.exhausted = exhausted;
+                        self.rec.set_prompt_cache_added(cache_added);
                         return self.served(result, upstream, member, &step, route.attempts, load);
                     }
                     Verdict::Retry(wait) => route.back_off(result, load, wait).await,
                     Verdict::NextStep => {
-                        route.keep_failed(result, load).await;
+                        route.keep_failed(result, load, cache_added).await;
                         break;
                     }
                 }
@@ -109,6 +125,7 @@ impl Call {
         match route.finish() {
             Ok(f) => {
                 self.exhausted = attempts > 1;
+                self.rec.set_prompt_cache_added(f.prompt_cache_added);
                 self.served(f.result, upstream, f.member, &f.step, attempts, f.load)
             }
             Err(retry_in) => Err(GatewayError::UpstreamUnavailable(retry_in)),
@@ -354,7 +371,7 @@ impl<'u> Route<'u> {
 
     /// Keep the reply that ended a step (read whole: it is small, and its connection goes back
     /// to the pool) in case the next step fares no better.
-    async fn keep_failed(&mut self, result: Reply, load: InFlight) {
+    async fn keep_failed(&mut self, result: Reply, load: InFlight, prompt_cache_added: bool) {
         let result = match result {
             Ok(r) => Ok(read_whole(r).await),
             Err(e) => Err(e),
@@ -364,6 +381,7 @@ impl<'u> Route<'u> {
             member: self.member,
             step: self.step,
             load,
+            prompt_cache_added,
         });
     }
 
@@ -381,6 +399,8 @@ struct Failed<'a> {
     member: usize,
     step: Step<'a>,
     load: InFlight,
+    /// Its body carried markers Sluice added.
+    prompt_cache_added: bool,
 }
 
 /// A (small, error) reply read whole, so it can be kept and its connection reused; a body
@@ -434,13 +454,6 @@ fn served_by(name: &str, provider: Provider, step: &Step<'_>) -> Option<HeaderVa
         ));
         Some(v)
     })
-}
-
-/// The body with another model (a fallback step's, or a member's own id for it).
-fn swap_model(body: &Bytes, req: &MessageRequest, model: &str) -> Result<Bytes, GatewayError> {
-    sluice_anthropic::with_model(body, req, model)
-        .map(Bytes::from)
-        .ok_or_else(|| GatewayError::Internal("could not set the model of a fallback step".into()))
 }
 
 /// A random number for member selection and backoff jitter. Called on every attempt, so not a

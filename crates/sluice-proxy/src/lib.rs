@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! accept → authenticate (auth) → parse just enough (sluice-anthropic) → admit (sluice-limits)
-//!        → route and forward with retries and fallbacks (forward: Call::forward, sluice-upstream)
+//!        → route and forward with retries and fallbacks (forward: Call::forward, sluice-upstream;
+//!          each attempt's body with the prompt-cache markers of its provider: prompt_cache)
 //!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
 //! ```
 //!
@@ -16,6 +17,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod models_cache;
+mod prompt_cache;
 pub mod state;
 pub mod tap;
 
