@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! accept → authenticate (auth) → parse just enough (sluice-anthropic) → admit (sluice-limits)
+//!        → response cache (response_cache: hit, or coalesce and store the reply)
 //!        → route and forward with retries and fallbacks (forward: Call::forward, sluice-upstream)
 //!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
 //! ```
@@ -16,6 +17,7 @@ pub mod error;
 mod forward;
 pub mod headers;
 pub mod models_cache;
+pub mod response_cache;
 pub mod state;
 pub mod tap;
 

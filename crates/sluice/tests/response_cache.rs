@@ -1,0 +1,359 @@
+//! The per-tenant response cache through the real gateway against the fake upstream: a hit
+//! never crosses tenants, member order and whitespace do not matter, entries expire, identical
+//! calls in flight share one upstream call, refused, failed, truncated and oversize replies
+//! are never stored, the per-call headers do what they say, a streamed hit is a valid SSE
+//! stream, the ledger records hits with cost 0 and what they saved, and the Redis backend
+//! shares entries between two gateways.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{Env, Opts, SMALL, env_with, stream_body};
+use std::sync::Arc;
+use std::time::Duration;
+
+const RC: &str = "response_cache = { ttl_secs = 300, max_entry_bytes = 1048576 }";
+
+/// `SMALL` with its members in another order and other whitespace.
+const SMALL_REORDERED: &str = r#"{ "messages" : [ { "content":"Hello", "role":"user" } ],
+  "max_tokens": 64, "model": "claude-sonnet-4-5" }"#;
+
+async fn gateway(web: &str, email: &str) -> Env {
+    env_with(Opts {
+        web_extra: web.into(),
+        email_extra: email.into(),
+        ..Opts::default()
+    })
+    .await
+}
+
+async fn upstream_calls(env: &Env) -> u64 {
+    env.mock_stats().await["messages"].as_u64().unwrap()
+}
+
+fn cache_header(r: &reqwest::Response) -> Option<String> {
+    r.headers()
+        .get("x-sluice-cache")
+        .map(|v| v.to_str().unwrap().to_owned())
+}
+
+/// (outcome, cost_micros, saved_micros, input_tokens, output_tokens) of every row.
+fn ledger(env: &Env) -> Vec<(String, Option<i64>, i64, i64, i64)> {
+    let c = rusqlite::Connection::open(&env.db).unwrap();
+    let mut s = c
+        .prepare("SELECT outcome, cost_micros, saved_micros, input_tokens, output_tokens FROM ledger ORDER BY id")
+        .unwrap();
+    s.query_map([], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_hit_never_crosses_tenants_and_is_recorded_with_what_it_saved() {
+    let mut env = gateway(RC, RC).await;
+    let first = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(cache_header(&first).as_deref(), Some("miss"));
+    let first = first.bytes().await.unwrap();
+
+    // The same request with its members reordered: answered by the gateway, byte for byte.
+    let hit = env
+        .post_messages(&env.web_key, SMALL_REORDERED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hit.status(), 200);
+    assert_eq!(cache_header(&hit).as_deref(), Some("hit"));
+    assert!(hit.headers().get("age").is_some());
+    assert_eq!(
+        hit.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let id = hit.headers()["request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_sluice_"), "a gateway request id: {id}");
+    assert_eq!(hit.bytes().await.unwrap(), first);
+    assert_eq!(upstream_calls(&env).await, 1);
+
+    // Another tenant, the same body: its own miss.
+    let other = env
+        .post_messages(&env.email_key, SMALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&other).as_deref(), Some("miss"));
+    assert_eq!(upstream_calls(&env).await, 2);
+
+    env.finish().await;
+    let rows = ledger(&env);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let (miss, hit) = (&rows[0], &rows[1]);
+    assert_eq!(miss.0, "ok");
+    let cost = miss.1.unwrap();
+    assert!(cost > 0, "the miss was priced: {miss:?}");
+    assert_eq!(hit.0, "cache_hit");
+    assert_eq!(hit.1, Some(0), "a hit costs nothing");
+    assert_eq!(hit.2, cost, "a hit saves what the stored reply cost");
+    assert_eq!((hit.3, hit.4), (0, 0), "a hit bills no tokens");
+    assert_eq!(rows[2].0, "ok");
+}
+
+#[tokio::test]
+async fn entries_expire() {
+    let env = gateway(
+        "response_cache = { ttl_secs = 1, max_entry_bytes = 1048576 }",
+        "",
+    )
+    .await;
+    let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(
+        cache_header(&r).as_deref(),
+        Some("miss"),
+        "expired after 1 s"
+    );
+    assert_eq!(upstream_calls(&env).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_identical_concurrent_calls_make_one_upstream_call() {
+    let mut env = gateway(RC, "").await;
+    let env_ref = Arc::new(std::mem::replace(&mut env.http, reqwest::Client::new()));
+    let (url, key) = (env.url("/v1/messages"), env.web_key.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (http, url, key) = (env_ref.clone(), url.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .header("x-api-key", key)
+                .header("anthropic-version", "2023-06-01")
+                .header("content-type", "application/json")
+                // The leader's reply takes a while, so the others arrive while it is in flight.
+                .header("x-mock-latency-ms", "400")
+                .body(SMALL)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let h = cache_header(&r).unwrap();
+            (h, r.bytes().await.unwrap())
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert_eq!(upstream_calls(&env).await, 1, "one upstream call for 50");
+    let misses = results.iter().filter(|(h, _)| h == "miss").count();
+    assert_eq!(misses, 1, "one leader");
+    assert!(results.iter().all(|(_, b)| *b == results[0].1), "one reply");
+    env.finish().await;
+    let hits = ledger(&env).iter().filter(|r| r.0 == "cache_hit").count();
+    assert_eq!(hits, 49);
+}
+
+#[tokio::test]
+async fn refused_failed_truncated_and_oversize_replies_are_never_stored() {
+    let env = env_with(Opts {
+        web_extra: RC.into(),
+        email_extra: "response_cache = { ttl_secs = 300, max_entry_bytes = 100 }".into(),
+        upstream_extra: "max_attempts = 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut expected = 0;
+    // The upstream's 429 and 500 (x-mock-* headers are not part of the key).
+    for status in ["429", "500"] {
+        let r = env
+            .post_messages(&env.web_key, SMALL)
+            .header("x-mock-status", status)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_str(), status);
+        assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+        expected += 1;
+    }
+    // Streams that broke, or ended with an error event.
+    for (knob, v) in [
+        ("x-mock-drop-after", "3"),
+        ("x-mock-stream-error-after", "2"),
+    ] {
+        let r = env
+            .post_messages(&env.web_key, &stream_body(32))
+            .header(knob, v)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        expected += 1;
+    }
+    // A reply larger than the tenant's max_entry_bytes.
+    let r = env
+        .post_messages(&env.email_key, SMALL)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.unwrap().len() > 100);
+    expected += 1;
+    assert_eq!(upstream_calls(&env).await, expected);
+
+    // None of them answers the same request now.
+    for (key, body) in [
+        (&env.web_key, SMALL.to_owned()),
+        (&env.web_key, stream_body(32)),
+        (&env.email_key, SMALL.to_owned()),
+    ] {
+        let r = env.post_messages(key, &body).send().await.unwrap();
+        assert_eq!(cache_header(&r).as_deref(), Some("miss"), "{body}");
+        let _ = r.bytes().await;
+    }
+    assert_eq!(upstream_calls(&env).await, expected + 3);
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_limit_is_refused_and_nothing_is_stored() {
+    let env = gateway(&format!("{RC}\nlimits = {{ requests_per_minute = 1 }}"), "").await;
+    let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    // A hit still counts one request: the bucket (1 a minute) is empty.
+    let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(upstream_calls(&env).await, 1);
+}
+
+#[tokio::test]
+async fn refresh_off_and_no_store_do_what_they_say() {
+    let env = gateway(RC, "").await;
+    let msg_id = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let send = |h: Option<(&'static str, &'static str)>| {
+        let mut rb = env.post_messages(&env.web_key, SMALL);
+        if let Some((k, v)) = h {
+            rb = rb.header(k, v);
+        }
+        rb.send()
+    };
+    let r = send(None).await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    let stored = msg_id(&r.bytes().await.unwrap());
+
+    for h in [("x-sluice-cache", "off"), ("cache-control", "no-store")] {
+        let r = send(Some(h)).await.unwrap();
+        assert_eq!(cache_header(&r).as_deref(), Some("bypass"), "{h:?}");
+        assert_ne!(msg_id(&r.bytes().await.unwrap()), stored, "{h:?} looked up");
+    }
+    // Bypassed replies were not stored: the first entry still answers.
+    let r = send(None).await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    assert_eq!(msg_id(&r.bytes().await.unwrap()), stored);
+    assert_eq!(upstream_calls(&env).await, 3);
+
+    for h in [("x-sluice-cache", "refresh"), ("cache-control", "no-cache")] {
+        let r = send(Some(h)).await.unwrap();
+        assert_eq!(cache_header(&r).as_deref(), Some("miss"), "{h:?}");
+        let fresh = msg_id(&r.bytes().await.unwrap());
+        assert_ne!(fresh, stored, "{h:?} looked up");
+        // The refreshed reply replaced the entry.
+        let r = send(None).await.unwrap();
+        assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+        assert_eq!(msg_id(&r.bytes().await.unwrap()), fresh);
+    }
+    assert_eq!(upstream_calls(&env).await, 5);
+
+    // Tenants without a response cache see no header at all.
+    let r = env
+        .post_messages(&env.email_key, SMALL)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&r), None);
+}
+
+#[tokio::test]
+async fn a_streamed_hit_is_a_valid_sse_stream_and_kept_apart_from_json() {
+    let env = gateway(RC, "").await;
+    let body = stream_body(48);
+    let miss = env.post_messages(&env.web_key, &body).send().await.unwrap();
+    assert_eq!(cache_header(&miss).as_deref(), Some("miss"));
+    let miss = miss.bytes().await.unwrap();
+
+    let hit = env.post_messages(&env.web_key, &body).send().await.unwrap();
+    assert_eq!(hit.status(), 200);
+    assert_eq!(cache_header(&hit).as_deref(), Some("hit"));
+    let h = hit.headers().clone();
+    assert!(
+        h["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert!(h.get("transfer-encoding").is_none_or(|v| v == "chunked"));
+    let bytes = hit.bytes().await.unwrap();
+    if let Some(len) = h.get("content-length") {
+        assert_eq!(
+            len.to_str().unwrap(),
+            bytes.len().to_string(),
+            "no stale length"
+        );
+    }
+    assert_eq!(bytes, miss, "the stream replayed byte for byte");
+    let mut tap = sluice_anthropic::SseTap::new();
+    tap.feed(&bytes);
+    tap.finish();
+    let s = tap.summary();
+    assert!(s.saw_message_start && s.saw_message_stop, "{s:?}");
+    assert!(s.error.is_none());
+    assert!(s.usage.output_tokens > 0);
+    assert_eq!(upstream_calls(&env).await, 1);
+
+    // The same request without `stream` is another key.
+    let json = body.replace(r#""stream":true,"#, "");
+    let r = env.post_messages(&env.web_key, &json).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_results_and_the_cache_size() {
+    let env = gateway(RC, "").await;
+    for h in ["", "off", ""] {
+        let mut rb = env.post_messages(&env.web_key, SMALL);
+        if !h.is_empty() {
+            rb = rb.header("x-sluice-cache", h);
+        }
+        let _ = rb.send().await.unwrap().bytes().await;
+    }
+    let text = sluice_telemetry::render(env.gw.as_ref().unwrap().state().unwrap());
+    for (result, n) in [("hit", 1), ("miss", 1), ("bypass", 1)] {
+        let line = format!(
+            "sluice_response_cache_requests_total{{result=\"{result}\",tenant=\"web\"}} {n}"
+        );
+        assert!(text.contains(&line), "{line} not in metrics");
+    }
+    assert!(text.contains("sluice_response_cache_entries 1"), "entries");
+    assert!(
+        text.contains("sluice_cache_saved_microdollars_total{kind=\"response\",tenant=\"web\"}"),
+        "{text}"
+    );
+}
