@@ -191,9 +191,7 @@ impl CallRecorder {
     /// Record how the call ended, and return what it cost (micro-dollars, once priced).
     /// Later calls are ignored (and return `None`).
     pub fn finish(&mut self, end: Ending) -> Option<i64> {
-        let Some(mut row) = self.row.take() else {
-            return None;
-        };
+        let mut row = self.row.take()?;
         row.latency_ms = duration_ms(self.start.elapsed());
         row.ttfb_ms = self.ttfb.map(duration_ms);
         row.status = end.status;

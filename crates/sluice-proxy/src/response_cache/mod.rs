@@ -128,11 +128,14 @@ enum Store {
     Redis(redis::Redis),
 }
 
+/// One shard of the keys in flight: each key's receiver, cloned by its followers.
+type Flights = Mutex<HashMap<Key, watch::Receiver<()>>>;
+
 struct Inner {
     store: Store,
     /// Keys with a leader in flight, sharded by the key's first byte. Locked only to insert,
     /// clone or remove one receiver: never across an `.await`.
-    flights: Box<[Mutex<HashMap<Key, watch::Receiver<()>>>]>,
+    flights: Box<[Flights]>,
 }
 
 /// The response cache (cheap to clone).
@@ -213,7 +216,7 @@ impl ResponseCache {
         })
     }
 
-    fn shard(&self, key: &Key) -> &Mutex<HashMap<Key, watch::Receiver<()>>> {
+    fn shard(&self, key: &Key) -> &Flights {
         &self.0.flights[usize::from(key[0]) % SHARDS]
     }
 
