@@ -357,3 +357,161 @@ async fn metrics_count_results_and_the_cache_size() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_fails_its_followers_go_upstream_themselves() {
+    let env = env_with(Opts {
+        web_extra: RC.into(),
+        upstream_extra: "max_attempts = 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let rb = env
+            .post_messages(&env.web_key, SMALL)
+            // Only the first request the mock sees fails; it is slow, so the rest wait on it.
+            .header("x-mock-fail-first", "1")
+            .header("x-mock-status", "500")
+            .header("x-mock-latency-ms", "300");
+        tasks.push(tokio::spawn(async move {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let r = rb.send().await.unwrap();
+            (r.status().as_u16(), cache_header(&r).unwrap())
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(got[0], (500, "miss".to_owned()), "{got:?}");
+    // Nobody else failed; they went upstream (one of them leading again is fine).
+    assert!(got[1..].iter().all(|(s, _)| *s == 200), "{got:?}");
+    assert!(upstream_calls(&env).await >= 2);
+}
+
+fn prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("sluice-rc-test-{}-{nanos:x}", std::process::id())
+}
+
+fn redis_keys(prefix: &str) -> Vec<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}:rc:*")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn cleanup(prefix: &str) {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}*")])
+        .output()
+        .unwrap();
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if !keys.is_empty() {
+        std::process::Command::new("redis-cli")
+            .arg("del")
+            .args(&keys)
+            .output()
+            .unwrap();
+    }
+}
+
+async fn redis_gateway(sections: &str) -> Env {
+    env_with(Opts {
+        sections: sections.into(),
+        web_extra: RC.into(),
+        ..Opts::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_backend_shares_entries_between_gateways() {
+    let p = prefix();
+    let sections = format!(
+        "[limits]\nbackend = \"redis\"\nredis_prefix = \"{p}\"\n[caching]\nresponse_cache_backend = \"redis\"\n"
+    );
+    let a = redis_gateway(&sections).await;
+    let b = redis_gateway(&sections).await;
+    // The first call of a replica connects in the background: it may be a miss that stores
+    // nothing. Call until A's entry is in Redis.
+    let mut stored = false;
+    for _ in 0..20 {
+        let r = a.post_messages(&a.web_key, SMALL).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !redis_keys(&p).is_empty() {
+            stored = true;
+            break;
+        }
+    }
+    assert!(stored, "no entry under {p}:rc:");
+    let keys = redis_keys(&p);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    // The key is the prefix and a hex digest: no tenant name, no secret.
+    let hex = keys[0].strip_prefix(&format!("{p}:rc:")).unwrap();
+    assert!(hex.len() == 64 && hex.bytes().all(|c| c.is_ascii_hexdigit()));
+    let ttl = std::process::Command::new("redis-cli")
+        .args(["pttl", &keys[0]])
+        .output()
+        .unwrap();
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
+    assert!(
+        ttl > 290_000 && ttl <= 300_000,
+        "PX is the tenant's ttl: {ttl}"
+    );
+
+    // B answers from A's entry (retrying while its own connection comes up).
+    let mut hit = None;
+    for _ in 0..20 {
+        let r = b
+            .post_messages(&b.web_key, SMALL_REORDERED)
+            .send()
+            .await
+            .unwrap();
+        if cache_header(&r).as_deref() == Some("hit") {
+            hit = Some(r.bytes().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hit = hit.expect("B never hit A's entry");
+    let v: serde_json::Value = serde_json::from_slice(&hit).unwrap();
+    assert_eq!(v["type"], "message");
+    // B's hit never reached B's upstream... unless B's first tries were misses before it
+    // connected; either way A's upstream served A and B added no call after its hit.
+    let before = upstream_calls(&b).await;
+    let r = b.post_messages(&b.web_key, SMALL).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    assert_eq!(upstream_calls(&b).await, before);
+    cleanup(&p);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_away_is_a_miss_never_a_failure() {
+    let p = prefix();
+    let sections = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_prefix = \"{p}\"\nfail_mode = \"local\"\n[caching]\nresponse_cache_backend = \"redis\"\n"
+    );
+    let env = redis_gateway(&sections).await;
+    for _ in 0..3 {
+        let r = env.post_messages(&env.web_key, SMALL).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    }
+    assert_eq!(upstream_calls(&env).await, 3);
+}

@@ -1,8 +1,8 @@
 //! The Redis backend: entries shared by every replica, under `{redis_prefix}:rc:{hex key}`,
 //! each a compact binary envelope set with `PX` = the tenant's TTL. Redis being away is a miss
 //! (and a store is skipped), logged once per outage; it never fails a call. The connection is
-//! the limiter's Redis (`limits.redis_url`), opened lazily on first use and again after an
-//! outage, at most every 250 ms.
+//! the limiter's Redis (`limits.redis_url`), opened at startup (or on first use) and again
+//! after an outage, at most every 250 ms.
 
 use super::{Entry, Flight, Key};
 use ::redis::AsyncCommands;
@@ -46,7 +46,7 @@ impl Redis {
     pub(super) fn new(l: &LimitsConfig) -> Result<Self, RedisSetupError> {
         let client = ::redis::Client::open(l.redis_url.expose())
             .map_err(|e| RedisSetupError::Url(format!("{:?}", e.kind())))?;
-        Ok(Self(Arc::new(Shared {
+        let r = Self(Arc::new(Shared {
             client,
             prefix: format!("{}:rc:", l.redis_prefix),
             timeout: Duration::from_millis(l.redis_timeout_ms),
@@ -55,7 +55,12 @@ impl Redis {
             down: AtomicBool::new(false),
             last_attempt_us: AtomicU64::new(0),
             origin: Instant::now(),
-        })))
+        }));
+        // Connect now when a runtime is there to do it, so the first calls can use Redis.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            r.reconnect();
+        }
+        Ok(r)
     }
 
     fn redis_key(&self, key: &Key) -> String {
