@@ -515,3 +515,52 @@ async fn redis_away_is_a_miss_never_a_failure() {
     }
     assert_eq!(upstream_calls(&env).await, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_streams_in_flight_share_one_upstream_stream() {
+    let env = gateway(
+        RC,
+        "response_cache = { ttl_secs = 300, max_entry_bytes = 200 }",
+    )
+    .await;
+    let body = stream_body(40);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let rb = env
+            .post_messages(&env.web_key, &body)
+            .header("x-mock-event-interval-ms", "20");
+        tasks.push(tokio::spawn(async move {
+            let r = rb.send().await.unwrap();
+            let h = cache_header(&r).unwrap();
+            (h, r.bytes().await.unwrap())
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    assert_eq!(
+        upstream_calls(&env).await,
+        1,
+        "one upstream stream for 10 callers"
+    );
+    assert_eq!(got.iter().filter(|(h, _)| h == "miss").count(), 1);
+    assert!(got.iter().all(|(_, b)| *b == got[0].1));
+
+    // A stream past the tenant's max_entry_bytes is passed on whole but never stored.
+    let r = env
+        .post_messages(&env.email_key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    assert!(r.bytes().await.unwrap().len() > 200);
+    let r = env
+        .post_messages(&env.email_key, &body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    let _ = r.bytes().await;
+    assert_eq!(upstream_calls(&env).await, 3);
+}
