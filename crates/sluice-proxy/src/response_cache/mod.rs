@@ -619,4 +619,33 @@ mod tests {
         // The key is free again.
         assert!(matches!(c.join(&k), Join::Leader(_)));
     }
+
+    /// What a miss adds to a call: the canonical form and its hash, a lookup, joining and
+    /// leaving the flight map. A measurement, not a check (numbers in docs/benchmarks.md).
+    #[tokio::test]
+    #[ignore = "cargo test --release -p sluice-proxy --lib -- --ignored miss_cost --nocapture"]
+    async fn miss_cost() {
+        let c = ResponseCache::in_memory(256 << 20);
+        let h = hm(&[("anthropic-version", "2023-06-01")]);
+        for size in [1_000usize, 16_000] {
+            let text = "lorem ipsum dolor sit amet ".repeat(size / 27);
+            let body = format!(
+                r#"{{"model":"claude-sonnet-4-5","max_tokens":256,"system":"You are terse.","messages":[{{"role":"user","content":"{text}"}}]}}"#
+            );
+            let n = 20_000u32;
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                let canon = sluice_anthropic::canonical_json(body.as_bytes()).unwrap();
+                let mut k = key("web", "messages", &h, &canon);
+                k[31] ^= i as u8;
+                assert!(c.get(&k, "web", 0).await.is_none());
+                let Join::Leader(f) = c.join(&k) else {
+                    panic!()
+                };
+                drop(f);
+            }
+            let per = t.elapsed() / n;
+            eprintln!("miss overhead, {} byte body: {per:?} per call", body.len());
+        }
+    }
 }
