@@ -43,7 +43,6 @@ pub static X_SLUICE_CACHE: HeaderName = HeaderName::from_static("x-sluice-cache"
 pub type Key = [u8; 32];
 
 /// A stored reply.
-#[derive(Debug)]
 pub struct Entry {
     /// The tenant it belongs to (checked on every hit, on top of being in the key).
     pub tenant: Arc<str>,
@@ -59,6 +58,21 @@ pub struct Entry {
     pub model: Option<String>,
     /// The reply body as the upstream sent it.
     pub body: Bytes,
+}
+
+/// Never the body: it is a reply to someone's prompt.
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("tenant", &self.tenant)
+            .field("created_ms", &self.created_ms)
+            .field("expires_ms", &self.expires_ms)
+            .field("stream", &self.stream)
+            .field("cost_micros", &self.cost_micros)
+            .field("model", &self.model)
+            .field("body_bytes", &self.body.len())
+            .finish()
+    }
 }
 
 /// What the client asked of the cache for one call.
