@@ -287,7 +287,7 @@ async fn refresh_off_and_no_store_do_what_they_say() {
 
 #[tokio::test]
 async fn a_streamed_hit_is_a_valid_sse_stream_and_kept_apart_from_json() {
-    let env = gateway(RC, "").await;
+    let mut env = gateway(RC, "").await;
     let body = stream_body(48);
     let miss = env.post_messages(&env.web_key, &body).send().await.unwrap();
     assert_eq!(cache_header(&miss).as_deref(), Some("miss"));
@@ -331,6 +331,18 @@ async fn a_streamed_hit_is_a_valid_sse_stream_and_kept_apart_from_json() {
             .to_str()
             .unwrap()
             .starts_with("application/json")
+    );
+    let _ = r.bytes().await;
+    env.finish().await;
+    let rows = ledger(&env);
+    assert_eq!(rows[0].0, "ok");
+    assert_eq!(rows[1].0, "cache_hit");
+    assert_eq!(rows[1].1, Some(0));
+    assert!(rows[1].2 > 0);
+    assert_eq!(
+        rows[1].2,
+        rows[0].1.unwrap(),
+        "the streamed hit saved the stream's cost"
     );
 }
 
@@ -474,6 +486,17 @@ async fn the_redis_backend_shares_entries_between_gateways() {
         ttl > 290_000 && ttl <= 300_000,
         "PX is the tenant's ttl: {ttl}"
     );
+    // The entry holds the reply, never a credential.
+    let value = std::process::Command::new("redis-cli")
+        .args(["get", &keys[0]])
+        .output()
+        .unwrap()
+        .stdout;
+    let value = String::from_utf8_lossy(&value);
+    assert!(value.contains("\"type\":\"message\""), "{value}");
+    for secret in [common::UPSTREAM_KEY, a.web_key.as_str()] {
+        assert!(!value.contains(secret), "a credential in the entry");
+    }
 
     // B answers from A's entry (retrying while its own connection comes up).
     let mut hit = None;
