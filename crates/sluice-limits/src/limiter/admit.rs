@@ -212,22 +212,12 @@ impl Limiter {
         let Some(tp) = policy.tenants.get(&**tenant) else {
             return Ok(TenantView::default());
         };
-        let scopes: Vec<_> = tp
-            .plans
-            .get(ci)
-            .map(|p| {
-                p.iter()
-                    .filter(|s| s.kind != ScopeKind::Org && s.rates.requests.is_some())
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        if scopes.is_empty() {
+        let Some(scopes) = tp.request_plans.get(ci).filter(|p| !p.is_empty()) else {
             return Ok(TenantView::default());
-        }
+        };
         let req = AdmitRequest {
             tenant: tenant.clone(),
-            scopes: scopes.into_iter().collect(),
+            scopes: scopes.clone(),
             demand: Demand {
                 requests: 1,
                 ..Demand::default()
