@@ -3,6 +3,7 @@
 //! JSON replies, an incremental SSE usage tap that is correct under arbitrary chunk splits, and
 //! the upstream's error shape.
 
+pub mod canonical;
 pub mod content;
 pub mod error;
 pub mod prompt_cache;
@@ -11,6 +12,7 @@ pub mod response;
 pub mod sse;
 mod wire;
 
+pub use canonical::canonical_json;
 pub use content::ContentBytes;
 pub use error::{error_body, error_type, sse_error_event};
 pub use request::{

@@ -373,3 +373,48 @@ async fn per_call_cost() {
         est.elapsed() / n
     );
 }
+
+/// A response-cache hit takes one request and no tokens: with a request limit of 3 and an
+/// input-token limit that one real call exhausts, hits go on being admitted (no token is taken
+/// and the token debt does not hold them up) until the request bucket is empty.
+#[tokio::test(start_paused = true)]
+async fn a_request_only_admission_takes_a_request_and_no_tokens() {
+    let e = estimate();
+    let (l, cfg) = limiter(&format!(
+        "[[tenants]]\nname = \"t\"\nlimits = {{ requests_per_minute = 3, input_tokens_per_minute = {e} }}\n"
+    ));
+    let t: Arc<str> = Arc::from("t");
+    // One real call drains the input bucket.
+    call(&l, &cfg, &t).await.unwrap();
+    assert_eq!(
+        call(&l, &cfg, &t).await.unwrap_err(),
+        RefusalReason::TenantRate,
+        "the input bucket is empty"
+    );
+    let view = l
+        .admit_request_only(&cfg, &t, "m-1", 1_700_000_000_000)
+        .await
+        .unwrap();
+    let req = view.requests.unwrap();
+    assert_eq!(
+        req.remaining, 1,
+        "one request taken by the call, one by the hit"
+    );
+    l.admit_request_only(&cfg, &t, "m-1", 1_700_000_000_000)
+        .await
+        .unwrap();
+    let r = l
+        .admit_request_only(&cfg, &t, "m-1", 1_700_000_000_000)
+        .await
+        .unwrap_err();
+    assert_eq!(r.reason, RefusalReason::TenantRate);
+    // An unlimited tenant is admitted with nothing to show.
+    let u: Arc<str> = Arc::from("nobody");
+    assert!(
+        l.admit_request_only(&cfg, &u, "m-1", 0)
+            .await
+            .unwrap()
+            .requests
+            .is_none()
+    );
+}

@@ -5,6 +5,7 @@
 use crate::call::{CallRecorder, Ending};
 use crate::error::GatewayError;
 use crate::headers;
+use crate::response_cache::{self, Decision};
 use crate::state::AppState;
 use crate::tap::TapBody;
 use axum::Router;
@@ -316,6 +317,20 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     let bytes = step!(call, call.read_body(&parts, body).await);
     let info = step!(call, parse_message_request(&bytes));
     call.rec.set_model(&info.model);
+    // The response cache, for tenants that have one (the others pay nothing: no hashing).
+    let rc = match call.cfg.tenant(&call.tenant).and_then(|t| t.response_cache) {
+        Some(rc) if endpoint == "messages" => {
+            let wait = Duration::from_millis(call.cfg.upstream.retry_deadline_ms.max(1000));
+            let d =
+                response_cache::decide(&s, &call.tenant, &rc, &parts.headers, &bytes, wait).await;
+            s.metrics().record_response_cache(&call.tenant, d.result());
+            match d {
+                Decision::Hit(e) => return cache_hit(&s, call, &info.model, &e).await,
+                d => Some(d),
+            }
+        }
+        _ => None,
+    };
     // Token counting is free upstream and limited separately there; only Messages calls are
     // charged to buckets and budgets.
     let mut view = None;
@@ -346,7 +361,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     } else {
         Endpoint::CountTokens
     };
-    let resp = step!(
+    let mut resp = step!(
         call,
         call.forward(&s, &mut parts, bytes, kind, Some(&info)).await
     );
@@ -357,12 +372,25 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         p.observe_upstream(|| headers::upstream_remaining(resp.headers()));
     }
     let status = resp.status();
+    // Only a complete 200 is stored; anything else lets the waiting callers go at once.
+    let storing = match rc {
+        Some(d) => {
+            resp.headers_mut()
+                .insert(response_cache::X_SLUICE_CACHE.clone(), d.header());
+            match d {
+                Decision::Miss(st) if status == StatusCode::OK => Some(st),
+                _ => None,
+            }
+        }
+        None => None,
+    };
     if status.is_success() && is_event_stream(resp.headers()) {
         call.rec.set_streamed();
         let (p, incoming) = resp.into_parts();
         let idle = call.cfg.upstream.stream_idle_timeout_ms;
         let idle = (idle > 0).then(|| Duration::from_millis(idle));
-        let body = TapBody::new(incoming, call.rec, status.as_u16(), idle);
+        let body = TapBody::new(incoming, call.rec, status.as_u16(), idle)
+            .capturing(storing.map(response_cache::Capture::new));
         return respond_with(p, Body::new(body), view.as_ref());
     }
     let (p, bytes) = step!(call, buffered(resp).await);
@@ -387,8 +415,43 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
             ..Ending::default()
         }
     };
-    call.rec.finish(ending);
+    let model = ending.model_served.clone();
+    let cost = call.rec.finish(ending);
+    if let Some(st) = storing {
+        st.store(false, bytes.clone(), cost, model);
+    }
     respond_with(p, Body::from(bytes), view.as_ref())
+}
+
+/// Answer a call from the response cache: one request from the tenant's request buckets (no
+/// tokens: nothing is generated), then the stored reply. The ledger row has outcome
+/// `cache_hit`, cost 0, zero tokens (the token columns stay what was billed) and, as
+/// `saved_micros`, what the stored reply cost.
+async fn cache_hit(
+    s: &AppState,
+    mut call: Call,
+    model: &str,
+    e: &response_cache::Entry,
+) -> Response {
+    let view = step!(
+        call,
+        s.limiter()
+            .admit_request_only(&call.cfg, &call.tenant, model, s.clock().unix_ms())
+            .await
+            .map_err(GatewayError::Limited)
+    );
+    if e.stream {
+        call.rec.set_streamed();
+    }
+    call.rec.set_saved_micros(e.cost_micros);
+    call.rec.mark_first_byte();
+    call.rec.finish(Ending {
+        status: 200,
+        outcome: "cache_hit",
+        model_served: e.model.clone(),
+        ..Ending::default()
+    });
+    response_cache::hit_response(e, &call.request_id, &view, s.clock().unix_ms())
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`: authenticated pass-through, repeats served from

@@ -188,11 +188,10 @@ impl CallRecorder {
         }
     }
 
-    /// Record how the call ended. Later calls are ignored.
-    pub fn finish(&mut self, end: Ending) {
-        let Some(mut row) = self.row.take() else {
-            return;
-        };
+    /// Record how the call ended, and return what it cost (micro-dollars, once priced).
+    /// Later calls are ignored (and return `None`).
+    pub fn finish(&mut self, end: Ending) -> Option<i64> {
+        let mut row = self.row.take()?;
         row.latency_ms = duration_ms(self.start.elapsed());
         row.ttfb_ms = self.ttfb.map(duration_ms);
         row.status = end.status;
@@ -225,11 +224,17 @@ impl CallRecorder {
                     .and_then(|c| i64::try_from(c).ok());
             }
         }
+        if row.outcome == "cache_hit" {
+            // Answered by the gateway: nothing was billed (the saving is in saved_micros).
+            row.cost_micros = Some(0);
+        }
+        let cost = row.cost_micros;
         self.state.metrics().record(&row);
         self.log(&row);
         if !self.state.ledger().record(row) {
             tracing::error!("ledger queue full or closed: a ledger row was dropped");
         }
+        cost
     }
 
     fn log(&self, r: &LedgerRow) {

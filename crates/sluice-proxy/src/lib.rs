@@ -1,7 +1,9 @@
 //! The Sluice data plane: the request path as named steps.
 //!
 //! ```text
-//! accept → authenticate (auth) → parse just enough (sluice-anthropic) → admit (sluice-limits)
+//! accept → authenticate (auth) → parse just enough (sluice-anthropic)
+//!        → response cache (response_cache: a hit is answered here; else coalesce, and store
+//!          the reply) → admit (sluice-limits)
 //!        → route and forward with retries and fallbacks (forward: Call::forward, sluice-upstream;
 //!          each attempt's body with the prompt-cache markers of its provider: prompt_cache)
 //!        → tap usage (tap / call) → respond → record (call → ledger queue + log line)
@@ -18,6 +20,7 @@ mod forward;
 pub mod headers;
 pub mod models_cache;
 mod prompt_cache;
+pub mod response_cache;
 pub mod state;
 pub mod tap;
 

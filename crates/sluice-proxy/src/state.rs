@@ -36,6 +36,7 @@ struct Inner {
     id_counter: AtomicU64,
     metrics: Metrics,
     models_cache: crate::models_cache::ModelsCache,
+    response_cache: crate::response_cache::ResponseCache,
     auth_failure: std::sync::OnceLock<AuthFailureHook>,
     /// Cancelled when the shutdown grace runs out (see [`AppState::end_of_grace`]).
     grace_over: tokio_util::sync::CancellationToken,
@@ -64,7 +65,10 @@ impl AppState {
             .map(|h| Arc::from(h.name))
             .collect();
         let metrics = Metrics::new(parts.config.clone(), parts.limiter.clone(), members);
+        // Its backend and bound are read once: a change to them takes a restart.
+        let response_cache = crate::response_cache::ResponseCache::new(&parts.config.load());
         Self(Arc::new(Inner {
+            response_cache,
             metrics,
             models_cache: crate::models_cache::ModelsCache::default(),
             parts,
@@ -140,6 +144,11 @@ impl AppState {
         &self.0.models_cache
     }
 
+    /// The per-tenant response cache.
+    pub fn response_cache(&self) -> &crate::response_cache::ResponseCache {
+        &self.0.response_cache
+    }
+
     /// The metrics registry (rendered by [`sluice_telemetry::render()`]).
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
@@ -181,5 +190,15 @@ impl Sources for AppState {
 
     fn ledger_stats(&self) -> &LedgerStats {
         self.ledger().stats()
+    }
+
+    fn response_cache_size(&self) -> Option<sluice_telemetry::ResponseCacheSize> {
+        let c = self.response_cache();
+        let (entries, bytes) = c.size()?;
+        Some(sluice_telemetry::ResponseCacheSize {
+            entries,
+            bytes,
+            max_bytes: c.capacity()?,
+        })
     }
 }

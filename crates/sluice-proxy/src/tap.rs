@@ -18,12 +18,17 @@
 //!   the upstream connection (cancelling generation) → outcome `client_closed`, with the usage
 //!   seen so far.
 //!
+//! On a response-cache miss the body also copies the frames (up to the tenant's
+//! `max_entry_bytes`) and hands the stream to the cache only on the clean `ok` ending; any
+//! other ending drops the copy.
+//!
 //! A stream that ends before its final `message_delta` (any of the cut endings, or an error
 //! event) is charged its input and the output estimated from the content deltas seen, never less
 //! than the last count reported ([`sluice_anthropic::StreamSummary::charged_usage`]); the ledger
 //! row says the output is an estimate.
 
 use crate::call::{CallRecorder, Ending};
+use crate::response_cache::Capture;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use sluice_anthropic::{SseTap, sse_error_event};
@@ -55,6 +60,8 @@ pub struct TapBody {
     /// Resolves when the shutdown grace runs out. Boxed once per stream (it is `!Unpin`) and
     /// polled only when the upstream has nothing to give.
     grace_over: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    /// The response cache's copy of the stream, when it is to be stored.
+    capture: Option<Capture>,
 }
 
 impl TapBody {
@@ -76,7 +83,14 @@ impl TapBody {
             status,
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
             last_frame: now,
+            capture: None,
         }
+    }
+
+    /// Also copy the stream for the response cache, which stores it if it ends cleanly.
+    pub(crate) fn capturing(mut self, capture: Option<Capture>) -> Self {
+        self.capture = capture;
+        self
     }
 
     /// Whether the upstream has been silent for longer than the idle limit (re-arming the
@@ -146,7 +160,14 @@ impl TapBody {
                 None,
             )
         } else if s.saw_message_stop {
-            (self.ending("ok", None), None)
+            let end = self.ending("ok", None);
+            let model = end.model_served.clone();
+            let cost = self.call.finish(end);
+            // Complete and successful: the only stream the response cache keeps.
+            if let Some(c) = self.capture.take() {
+                c.complete(cost, model);
+            }
+            return None;
         } else {
             (
                 self.ending("upstream_truncated", Some("api_error".into())),
@@ -211,6 +232,12 @@ impl Body for TapBody {
                         Ok(data) => {
                             this.call.mark_first_byte();
                             this.tap.feed(&data);
+                            if let Some(c) = this.capture.as_mut()
+                                && !c.push(&data)
+                            {
+                                // Too large to store: let waiting callers go now.
+                                this.capture = None;
+                            }
                             Poll::Ready(Some(Ok(Frame::data(data))))
                         }
                         // Trailers: SSE has none worth passing; poll on.

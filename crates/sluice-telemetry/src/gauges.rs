@@ -130,6 +130,35 @@ pub(crate) fn scrape_ledger(t: &mut Text, state: &dyn Sources) {
     }
 }
 
+/// The in-process response cache's size (nothing with the Redis backend, whose size is
+/// Redis's own).
+pub(crate) fn scrape_response_cache(t: &mut Text, state: &dyn Sources) {
+    let Some(s) = state.response_cache_size() else {
+        return;
+    };
+    let rows: [(&str, &str, u64); 3] = [
+        (
+            "sluice_response_cache_entries",
+            "Response-cache entries held in this process.",
+            s.entries,
+        ),
+        (
+            "sluice_response_cache_bytes",
+            "Bytes the response cache holds in this process (weighted: bodies plus a fixed overhead per entry).",
+            s.bytes,
+        ),
+        (
+            "sluice_response_cache_max_bytes",
+            "The response cache's bound in bytes (caching.response_cache_max_bytes).",
+            s.max_bytes,
+        ),
+    ];
+    for (name, help, v) in rows {
+        t.family(name, "gauge", help);
+        t.sample(name, &[], v);
+    }
+}
+
 pub(crate) fn scrape_limiter(t: &mut Text, state: &dyn Sources) {
     let l = state.limiter();
     let s = l.stats();

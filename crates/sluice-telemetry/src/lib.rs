@@ -21,7 +21,7 @@ mod gauges;
 pub mod metrics;
 mod render;
 
-pub use metrics::Metrics;
+pub use metrics::{CacheResult, Metrics};
 pub use render::render;
 
 use sluice_config::Config;
@@ -46,4 +46,20 @@ pub trait Sources {
     fn upstream_health(&self) -> Vec<MemberHealth>;
     /// The ledger writer's counters.
     fn ledger_stats(&self) -> &LedgerStats;
+    /// The in-process response cache's entries and bytes, and its bound (`None` when its
+    /// entries are not in this process).
+    fn response_cache_size(&self) -> Option<ResponseCacheSize> {
+        None
+    }
+}
+
+/// What the in-process response cache holds, read at scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResponseCacheSize {
+    /// Entries held (expired ones count until they are looked up or evicted).
+    pub entries: u64,
+    /// Their weighted size in bytes.
+    pub bytes: u64,
+    /// The bound (`caching.response_cache_max_bytes`).
+    pub max_bytes: u64,
 }

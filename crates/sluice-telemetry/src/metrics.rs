@@ -78,6 +78,20 @@ const PROVIDERS: &[&str] = &["anthropic", "bedrock", "vertex", "other"];
 /// Kinds of cache saving: prompt caching upstream, the gateway's response cache.
 const SAVING_KINDS: [&str; 2] = ["prompt", "response"];
 
+/// Response-cache results, in the order of [`CacheResult`].
+const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "bypass"];
+
+/// How the response cache answered a call (`sluice_response_cache_requests_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Answered from the cache (coalesced followers included).
+    Hit = 0,
+    /// Went upstream, the reply to be stored if it can be (`refresh` included).
+    Miss = 1,
+    /// The client turned the cache off for the call.
+    Bypass = 2,
+}
+
 /// Token kinds, in the order of [`TokenTotals`].
 const TOKEN_KINDS: [&str; 4] = ["input", "output", "cache_write", "cache_read"];
 
@@ -124,6 +138,7 @@ pub(crate) struct Inner {
     upstream_errors: IntCounterVec,
     fallbacks: IntCounterVec,
     cache_saved: IntCounterVec,
+    response_cache: IntCounterVec,
     alerts_firing: IntGaugeVec,
     alert_notifications: IntCounterVec,
     /// Fallbacks per provider, resolved once.
@@ -292,6 +307,12 @@ impl Metrics {
                 "sluice_cache_saved_microdollars_total",
                 "Micro-dollars the caches saved, by tenant and kind (prompt: cache-read discount of calls whose reads outweighed their write premium; response: the cost of replies answered from the response cache).",
                 &["tenant", "kind"],
+            )?,
+            response_cache: counter(
+                &r,
+                "sluice_response_cache_requests_total",
+                "Messages calls of tenants with a response cache, by result: hit (answered by the gateway), miss (went upstream), bypass (the client turned the cache off).",
+                &["tenant", "result"],
             )?,
             alerts_firing,
             alert_notifications,

@@ -3,7 +3,9 @@
 //! comes through [`Sources`].
 
 use crate::Sources;
-use crate::gauges::{scrape_budgets, scrape_ledger, scrape_limiter, scrape_upstream};
+use crate::gauges::{
+    scrape_budgets, scrape_ledger, scrape_limiter, scrape_response_cache, scrape_upstream,
+};
 use prometheus::TextEncoder;
 use std::fmt::Write as _;
 use std::sync::PoisonError;
@@ -23,6 +25,7 @@ pub fn render(state: &dyn Sources) -> String {
     scrape_ledger(&mut t, state);
     scrape_limiter(&mut t, state);
     scrape_budgets(&mut t, state);
+    scrape_response_cache(&mut t, state);
     t.0
 }
 

@@ -148,6 +148,11 @@ limits = {{ requests_per_minute = 1 }}
 [[tenants]]
 name = "broke"
 budget_daily_usd = 0.0
+
+# A tenant whose repeated calls are answered by the gateway's response cache.
+[[tenants]]
+name = "cached"
+response_cache = {{ ttl_secs = 300, max_entry_bytes = 1048576 }}
 """
     )
     env = {**os.environ, "ANTHROPIC_API_KEY": UPSTREAM_KEY}
@@ -155,7 +160,7 @@ budget_daily_usd = 0.0
     env.pop("SLUICE_DB", None)
 
     keys = {}
-    for tenant in ("web", "email", "capped", "broke"):
+    for tenant in ("web", "email", "capped", "broke", "cached"):
         out = subprocess.run(
             [binary, "keys", "create", "--tenant", tenant, "--config", config],
             check=True, capture_output=True, text=True, env=env, timeout=30,

@@ -194,6 +194,49 @@ impl Limiter {
         Ok(())
     }
 
+    /// Admit a call that the gateway answers itself (a response-cache hit): one request from
+    /// the tenant's own request buckets (tenant-wide and for the model's class), no tokens,
+    /// no budget (it costs nothing) and not the org pool (the upstream is not called). It
+    /// never waits: a hit that would have to is refused like any call over its request rate.
+    /// With Redis away the call is let through, as it spends nothing the upstream would bill.
+    /// Returns the tenant's buckets as the rate-limit headers show them.
+    pub async fn admit_request_only(
+        &self,
+        cfg: &Arc<Config>,
+        tenant: &Arc<str>,
+        model: &str,
+        unix_ms: i64,
+    ) -> Result<TenantView, Box<Refused>> {
+        let policy = self.policy(cfg);
+        let (ci, _) = policy.model_info(model);
+        let Some(tp) = policy.tenants.get(&**tenant) else {
+            return Ok(TenantView::default());
+        };
+        let Some(scopes) = tp.request_plans.get(ci).filter(|p| !p.is_empty()) else {
+            return Ok(TenantView::default());
+        };
+        let req = AdmitRequest {
+            tenant: tenant.clone(),
+            scopes: scopes.clone(),
+            demand: Demand {
+                requests: 1,
+                ..Demand::default()
+            },
+            budget: None,
+        };
+        let Ok((outcome, _)) = self.admit_once(&req).await else {
+            return Ok(TenantView::default());
+        };
+        let view = TenantView::from_outcome(&req, &outcome.views);
+        match outcome.result {
+            Ok(()) => {
+                self.0.stats.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(view)
+            }
+            Err(d) => Err(self.refuse(describe(&req, d, view, unix_ms), None)),
+        }
+    }
+
     /// Everything about a call that admission needs, or the permit of a call that nothing
     /// limits.
     fn prepare(&self, cfg: &Arc<Config>, call: CallInfo<'_>) -> Prepared {

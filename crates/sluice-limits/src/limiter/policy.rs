@@ -26,6 +26,9 @@ pub(super) struct TenantPolicy {
     /// The scopes of a call, per model class (indexed as [`Policy::class_index`]), built
     /// once per snapshot: a call shares its list instead of assembling one.
     pub(super) plans: Vec<Arc<[Scope]>>,
+    /// The same, keeping only the tenant's own scopes that limit requests: what a call the
+    /// gateway answers itself is admitted against (`Limiter::admit_request_only`).
+    pub(super) request_plans: Vec<Arc<[Scope]>>,
 }
 
 /// Everything derived from one config snapshot.
@@ -172,8 +175,19 @@ impl Policy {
                 daily_micros: t.budget_daily_usd.map(usd_to_micros),
                 monthly_micros: t.budget_monthly_usd.map(usd_to_micros),
                 plans: Vec::new(),
+                request_plans: Vec::new(),
             };
             tp.plans = plans(&class_names, &other, &org, &cfg.org.keep_free, Some(&tp));
+            tp.request_plans = tp
+                .plans
+                .iter()
+                .map(|p| {
+                    p.iter()
+                        .filter(|s| s.kind != ScopeKind::Org && s.rates.requests.is_some())
+                        .cloned()
+                        .collect()
+                })
+                .collect();
             tenants.insert(t.name.clone(), tp);
         }
         let default_plans = plans(&class_names, &other, &org, &cfg.org.keep_free, None);

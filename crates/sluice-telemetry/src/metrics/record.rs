@@ -7,8 +7,8 @@
 //! uncontended read lock over the pair's few (endpoint, status) counters.
 
 use super::{
-    Inner, LIMITED, Metrics, NONE, OTHER, OUTCOMES, PROVIDERS, SAVING_KINDS, TOKEN_KINDS,
-    UPSTREAM_FAILURES, child, ms_to_secs,
+    CACHE_RESULTS, CacheResult, Inner, LIMITED, Metrics, NONE, OTHER, OUTCOMES, PROVIDERS,
+    SAVING_KINDS, TOKEN_KINDS, UPSTREAM_FAILURES, child, ms_to_secs,
 };
 use prometheus::{Histogram, IntCounter};
 use sluice_billing::PriceTable;
@@ -18,6 +18,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 impl Metrics {
+    /// Count one response-cache decision of a tenant's Messages call.
+    pub fn record_response_cache(&self, tenant: &str, result: CacheResult) {
+        let Some(m) = &self.0 else { return };
+        let table = m.table();
+        let t = table.tenant_index(tenant);
+        if let Some(c) = table
+            .tenant(m, t)
+            .and_then(|ts| ts.response_cache.get(result as usize))
+        {
+            c.inc();
+        }
+    }
+
     /// Count one finished call. Called once per call by the data plane's `CallRecorder`.
     pub fn record(&self, row: &LedgerRow) {
         let Some(m) = &self.0 else { return };
@@ -150,6 +163,8 @@ struct TenantSeries {
     wait: Histogram,
     /// Micro-dollars saved, by [`SAVING_KINDS`].
     saved: Vec<IntCounter>,
+    /// Response-cache decisions, by [`CACHE_RESULTS`].
+    response_cache: Vec<IntCounter>,
 }
 
 /// Handles of one upstream member.
@@ -326,6 +341,10 @@ impl Table {
                     saved: SAVING_KINDS
                         .iter()
                         .map(|k| child(&m.cache_saved, &[&**name, k]))
+                        .collect::<Option<_>>()?,
+                    response_cache: CACHE_RESULTS
+                        .iter()
+                        .map(|r| child(&m.response_cache, &[&**name, r]))
                         .collect::<Option<_>>()?,
                 })
             })
