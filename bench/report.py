@@ -8,7 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-TARGETS = ["direct", "nginx", "sluice", "sluice_warn", "sluice_limits", "sluice_redis"]
+TARGETS = ["direct", "nginx", "sluice", "sluice_warn", "sluice_limits", "sluice_redis",
+           "sluice_rcache", "sluice_rmiss", "sluice_pcache"]
 LIMIT_TARGETS = ["sluice_limits", "sluice_redis"]
 NAMES = {
     "direct": "direct (mock)",
@@ -17,7 +18,11 @@ NAMES = {
     "sluice_warn": "Sluice, RUST_LOG=warn",
     "sluice_limits": "Sluice + limits, in-process",
     "sluice_redis": "Sluice + limits, Redis",
+    "sluice_rcache": "Sluice, response-cache hits",
+    "sluice_rmiss": "Sluice, response-cache misses (refresh)",
+    "sluice_pcache": "Sluice + automatic prompt caching",
 }
+PROMPT_CACHE_TARGET = 0.98  # prompt-cache injection costs < 2% of throughput
 THROUGHPUT_TARGET = 0.8  # Sluice req/s >= 0.8 x nginx
 LOCAL_LIMITS_TARGET = 0.95  # in-process limits cost < 5% of the no-limits throughput
 LATENCY_TARGET = 1.2  # Sluice added p50 <= 1.2 x nginx added p50
@@ -162,6 +167,7 @@ def main():
     p("")
 
     limits_verdict = cost_of_limits(out, modes, conns, runs)
+    cache_verdict = cost_of_caching(out, modes, conns, runs, by, cpu)
 
     # ---- syscalls (BENCH_SYSCALLS=1)
     sc_rows = []
@@ -257,8 +263,99 @@ def main():
         if st:
             p(f"- < {RSS_TARGET_MB} MB with {st['streams']} open streams: "
               + ("met." if st["rss_kb_max_sampled"] / 1024 < RSS_TARGET_MB else "missed."))
-    for line in limits_verdict:
+    for line in limits_verdict + cache_verdict:
         p(line)
+
+
+def cost_of_caching(out, modes, conns, runs, by, cpu):
+    """The "Caching levers" section: response-cache hits against nginx going through to the
+    mock, misses against the gateway without a response cache, and the prompt-cache injection
+    paired with the gateway that forwards the same long body untouched. Returns verdict lines."""
+    p = print
+    lines = []
+
+    def cpu_us(m, c, t):
+        w, cs = by.get((m, c, t)), (cpu.get((m, c, t)) or {}).get("proxy")
+        return 1e6 * cs / w["requests"] if w and cs is not None and w["requests"] else None
+
+    cells = [(m, c) for m in modes for c in conns
+             if (m, c, "sluice_rcache") in by or (m, c, "sluice_rmiss") in by]
+    if cells:
+        p("### Caching levers\n")
+        p("*Hits*: `sluice_rcache` sends the same body every time, so after the first call every "
+          "reply comes from the gateway's response cache (`x-sluice-cache: hit`); it is compared "
+          "with nginx, which goes through to the mock. *Misses*: `sluice_rmiss` is the same "
+          "gateway with `x-sluice-cache: refresh` on every call (no lookup; the reply goes "
+          "upstream, is copied and stored), compared with `sluice` (no response cache).\n")
+        p("| reply | conns | nginx req/s | hits req/s | hits ÷ nginx | nginx p50 ms | hits p50 ms "
+          "| Sluice req/s | misses req/s | misses ÷ Sluice | Sluice CPU µs/req | misses CPU µs/req "
+          "| added µs/req |")
+        p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        hit_ok, miss_add = [], []
+        for m, c in cells:
+            n, h, s, mi = (by.get((m, c, t)) for t in ["nginx", "sluice_rcache", "sluice", "sluice_rmiss"])
+            f = lambda w, k="rps": f"{w[k]:,.0f}" if w else "–"
+            hn = f"**{h['rps'] / n['rps']:.2f}×**" if h and n else "–"
+            if h and n:
+                ok = h["rps"] > n["rps"] and h["p50_us"] < n["p50_us"]
+                hit_ok.append((m, c, h["rps"] / n["rps"], ok))
+                hn += " ✅" if ok else " ❌"
+            ms_ = s and mi and f"{mi['rps'] / s['rps']:.3f}×" or "–"
+            cs, cm = cpu_us(m, c, "sluice"), cpu_us(m, c, "sluice_rmiss")
+            add = f"{cm - cs:+.1f}" if cs is not None and cm is not None else "–"
+            if cs is not None and cm is not None:
+                miss_add.append((m, c, cm - cs))
+            p(f"| {m} | {c} | {f(n)} | {f(h)} | {hn} | {n and fmt_ms(n['p50_us']) or '–'} | "
+              f"{h and fmt_ms(h['p50_us']) or '–'} | {f(s)} | {f(mi)} | {ms_} | "
+              f"{'–' if cs is None else f'{cs:.1f}'} | {'–' if cm is None else f'{cm:.1f}'} | {add} |")
+        p("")
+        if hit_ok:
+            bad = [f"{m} c={c}" for m, c, _, ok in hit_ok if not ok]
+            lines.append("- Response-cache hits faster than nginx going through to the upstream: "
+                         + ("met at " if not bad else "missed at ")
+                         + ", ".join(bad or [f"{m} c={c} ({r:.2f}×)" for m, c, r, _ in hit_ok]) + ".")
+        if miss_add:
+            lines.append("- Response-cache miss over the plain path (CPU per call, back-to-back runs): "
+                         + ", ".join(f"{m} c={c} {d:+.1f} µs" for m, c, d in miss_add) + ".")
+
+    paired = {}
+    pf = out / "paired.jsonl"
+    if pf.exists():
+        for l in pf.read_text().splitlines():
+            if l.strip():
+                d = json.loads(l)
+                if d.get("ratio") is not None and d["b"]["target"] == "sluice_pcache":
+                    paired.setdefault((d["mode"], d["conns"]), []).append(d)
+    long_cells = [c for c in conns if ("long", c, "sluice_pcache") in by]
+    if long_cells or paired:
+        p("**Automatic prompt caching** (reply kind `long`: a JSON call with a ~3,000-token system "
+          "prompt; `sluice_pcache`'s tenant has `prompt_cache = \"auto\"`, so every call is "
+          "scanned and gets breakpoints; `sluice` forwards the same body untouched). Paired = both "
+          "driven at the same moment, calls per second of each one's own CPU.\n")
+        p("| conns | Sluice req/s | prompt cache req/s | Sluice CPU µs/req | prompt cache CPU µs/req "
+          "| paired rounds | paired ratio (median [range]) |")
+        p("|---:|---:|---:|---:|---:|---:|---:|")
+        for c in sorted(set(long_cells) | {c for _, c in paired}):
+            s, pc = by.get(("long", c, "sluice")), by.get(("long", c, "sluice_pcache"))
+            ds = paired.get(("long", c), [])
+            rs = [d["ratio"] for d in ds]
+            if rs:
+                rng = f" [{min(rs):.3f}, {max(rs):.3f}]" if len(rs) > 1 else ""
+                ok = median(rs) >= PROMPT_CACHE_TARGET
+                pr = f"**{median(rs):.3f}×**{rng} {'✅' if ok else '❌'}"
+                lines.append(f"- Prompt-cache injection costs < {100 * (1 - PROMPT_CACHE_TARGET):.0f}% "
+                             f"of throughput (paired, long c={c}): {'met' if ok else 'missed'} "
+                             f"({median(rs):.3f}×).")
+            else:
+                pr = "–"
+            cs, cp = cpu_us("long", c, "sluice"), cpu_us("long", c, "sluice_pcache")
+            srps = f"{s['rps']:,.0f}" if s else "–"
+            prps = f"{pc['rps']:,.0f}" if pc else "–"
+            p(f"| {c} | {srps} | {prps} | "
+              f"{'–' if cs is None else f'{cs:.1f}'} | {'–' if cp is None else f'{cp:.1f}'} | "
+              f"{len(ds)} | {pr} |")
+        p("")
+    return lines
 
 
 def cost_of_limits(out, modes, conns, runs):
@@ -404,7 +501,7 @@ def cost_of_limits(out, modes, conns, runs):
         for l in pf.read_text().splitlines():
             if l.strip():
                 d = json.loads(l)
-                if d.get("ratio") is not None:
+                if d.get("ratio") is not None and d["b"]["target"] == "sluice_limits":
                     paired.setdefault((d["mode"], d["conns"]), []).append(d)
     if paired:
         p("**Paired, at the same moment** (`BENCH_PAIR_ROUNDS`): the no-limits gateway and the "
