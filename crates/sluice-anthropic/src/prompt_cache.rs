@@ -128,6 +128,8 @@ pub struct Breakpoint {
     pub target: Target,
     /// Offset just past the block the marker would close (the end of that block in the body).
     pub prefix_end: usize,
+    /// The block carries a `cache_control` of its own already.
+    pub marked: bool,
 }
 
 /// What [`layout`] finds in a Messages body.
@@ -136,6 +138,9 @@ pub struct CacheLayout {
     len: usize,
     has_marker: bool,
     top_level: Breakpoint,
+    /// The client's own top-level `cache_control`: offsets of its key, and of its value's
+    /// start and end.
+    top_marker: Option<(usize, usize, usize)>,
     tools: Option<Breakpoint>,
     system: Option<Breakpoint>,
     last_user: Option<Breakpoint>,
@@ -297,6 +302,7 @@ pub fn layout(body: &[u8]) -> Result<CacheLayout, LayoutError> {
     let mut repeated = None;
     let mut sections = [None; 3];
     let (mut tools, mut system, mut last_user) = (None, None, None);
+    let mut top_marker = None;
     let top = c.object(0, |c, key, d| {
         let slot = if c.is(key, b"tools") {
             0
@@ -307,6 +313,10 @@ pub fn layout(body: &[u8]) -> Result<CacheLayout, LayoutError> {
         } else {
             if c.is(key, b"cache_control") {
                 f.marker = true;
+                let value = c.at();
+                c.skip(d)?;
+                top_marker = Some((key.start, value, c.i));
+                return Ok(());
             }
             return c.skip(d);
         };
@@ -329,7 +339,11 @@ pub fn layout(body: &[u8]) -> Result<CacheLayout, LayoutError> {
     Ok(CacheLayout {
         len: body.len(),
         has_marker: f.marker,
-        top_level: member(top),
+        top_level: Breakpoint {
+            marked: top_marker.is_some(),
+            ..member(top)
+        },
+        top_marker,
         tools,
         system,
         last_user,
@@ -376,6 +390,71 @@ pub fn inserted_before(layout: &CacheLayout, plan: &Plan, at: usize) -> usize {
         .flat_map(|i| i.bytes)
         .map(<[u8]>::len)
         .sum()
+}
+
+/// `body` in the form of a provider that refuses a top-level `cache_control` (Bedrock): the
+/// client's own top-level marker (automatic caching, which puts the breakpoint on the last
+/// cacheable block) is moved, value and TTL unchanged, onto the last cacheable block of the
+/// last user turn, the explicit breakpoint standing for it; when that block has a marker of its
+/// own, or there is none, the top-level one is only dropped. The marker count never grows and
+/// the moved one stays last in prompt order, so the limit of 4 and the TTL order still hold.
+/// Every other byte is kept. `None` when the body has no top-level marker (or is not read):
+/// it is then sent as it is.
+pub fn top_level_to_explicit(body: &[u8]) -> Option<Vec<u8>> {
+    // Most bodies have no marker at all: one SIMD search instead of a walk.
+    memchr::memmem::find(body, b"cache_control")?;
+    let l = layout(body).ok()?;
+    let (key, value_start, value_end) = l.top_marker?;
+    let value = body.get(value_start..value_end)?;
+    let ws = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    // The member goes with one of its commas: the one before it, else the one after it.
+    let before = body.get(..key)?.iter().rposition(|&b| !ws(b))?;
+    let cut = if body.get(before) == Some(&b',') {
+        before..value_end
+    } else {
+        let after = body
+            .get(value_end..)?
+            .iter()
+            .position(|&b| !ws(b))
+            .map_or(value_end, |n| value_end + n);
+        if body.get(after) == Some(&b',') {
+            key..after + 1
+        } else {
+            key..value_end
+        }
+    };
+    let mut out = Vec::with_capacity(body.len() + 40);
+    let mut pieces: [(usize, &[u8], &[u8], &[u8]); 2] = [(usize::MAX, b"", b"", b""); 2];
+    match l.last_user.filter(|bp| !bp.marked).map(|bp| bp.target) {
+        Some(Target::Member { close, empty }) => {
+            let comma: &[u8] = if empty { b"" } else { b"," };
+            pieces[0] = (close, comma, br#""cache_control":"#, value);
+        }
+        Some(Target::Wrap { start, end }) => {
+            pieces[0] = (start, br#"[{"type":"text","text":"#, b"", b"");
+            pieces[1] = (end, br#","cache_control":"#, value, b"}]");
+        }
+        None => {}
+    }
+    let mut from = 0;
+    let mut emit = |out: &mut Vec<u8>, upto: usize| {
+        // Copy up to `upto`, leaving out the cut member.
+        if from < cut.start {
+            out.extend_from_slice(body.get(from..upto.min(cut.start)).unwrap_or_default());
+        }
+        if upto > cut.end {
+            out.extend_from_slice(body.get(from.max(cut.end)..upto).unwrap_or_default());
+        }
+        from = upto;
+    };
+    for (at, a, b, c) in pieces.into_iter().filter(|p| p.0 != usize::MAX) {
+        emit(&mut out, at);
+        out.extend_from_slice(a);
+        out.extend_from_slice(b);
+        out.extend_from_slice(c);
+    }
+    emit(&mut out, body.len());
+    Some(out)
 }
 
 /// The insertions of `plan` into the body `layout` describes, sorted by offset: at most two
@@ -432,6 +511,7 @@ fn member(o: Obj) -> Breakpoint {
             empty: o.empty,
         },
         prefix_end: o.close + 1,
+        marked: false,
     }
 }
 
@@ -452,6 +532,7 @@ impl Str {
                 end: self.end,
             },
             prefix_end: self.end,
+            marked: false,
         })
     }
 }
@@ -562,10 +643,11 @@ fn blocks_at(c: &mut Cur<'_>, d: u32, f: &mut Found) -> R<Option<Breakpoint>> {
         if c.peek() != Some(b'{') {
             return c.skip(d);
         }
-        let (mut kind, mut empty_text) = (Kind::Other, false);
+        let (mut kind, mut empty_text, mut marked) = (Kind::Other, false, false);
         let o = c.object(d, |c, k, d| {
             if c.is(k, b"cache_control") {
                 f.marker = true;
+                marked = true;
                 c.skip(d)
             } else if c.is(k, b"type") {
                 kind = Kind::Other;
@@ -607,7 +689,10 @@ fn blocks_at(c: &mut Cur<'_>, d: u32, f: &mut Found) -> R<Option<Breakpoint>> {
             }
         })?;
         if kind != Kind::Thinking && !(kind == Kind::Text && empty_text) {
-            last = Some(member(o));
+            last = Some(Breakpoint {
+                marked,
+                ..member(o)
+            });
         }
         Ok(())
     })?;
@@ -679,6 +764,19 @@ impl<'a> Cur<'a> {
         let start = self.i - 1;
         let mut escaped = false;
         loop {
+            // Prompts are mostly long strings: jump to the next quote or backslash (SIMD), and
+            // check the bytes jumped over for control bytes in one branch-free pass, instead of
+            // matching byte by byte.
+            let rest = self.b.get(self.i..).unwrap_or_default();
+            let Some(n) = memchr::memchr2(b'"', b'\\', rest) else {
+                return self.bad();
+            };
+            let run = rest.get(..n).unwrap_or_default();
+            if run.iter().fold(false, |acc, &c| acc | (c < 0x20)) {
+                self.i += run.iter().position(|&c| c < 0x20).unwrap_or(0);
+                return self.bad();
+            }
+            self.i += n;
             let Some(&c) = self.b.get(self.i) else {
                 return self.bad();
             };
@@ -711,8 +809,8 @@ impl<'a> Cur<'a> {
                         }
                     }
                 }
-                0x00..=0x1f => return self.bad(),
-                _ => self.i += 1,
+                // memchr2 stopped on one of the two.
+                _ => return self.bad(),
             }
         }
     }
@@ -875,6 +973,43 @@ fn decoded_eq(inner: &[u8], want: &[u8]) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    #[test]
+    fn a_top_level_marker_moves_to_the_last_user_turn_for_bedrock() {
+        let moved =
+            |b: &str| top_level_to_explicit(b.as_bytes()).map(|v| String::from_utf8(v).unwrap());
+        // A later member: it goes with the comma before it; a string content is wrapped.
+        assert_eq!(
+            moved(r#"{"model":"m","cache_control":{"type":"ephemeral","ttl":"1h"},"messages":[{"role":"user","content":"hi"}]}"#).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral","ttl":"1h"}}]}]}"#
+        );
+        // The first member: it goes with the comma after it; a block gets the member.
+        assert_eq!(
+            moved(r#"{"cache_control":{"type":"ephemeral"}, "model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"}]},{"role":"assistant","content":"b"}]}"#).unwrap(),
+            r#"{ "model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]},{"role":"assistant","content":"b"}]}"#
+        );
+        // The only member besides nothing else to mark: dropped.
+        assert_eq!(
+            moved(r#"{"cache_control":{"type":"ephemeral"}}"#).unwrap(),
+            "{}"
+        );
+        // The last user block has its own marker: the top-level one is only dropped.
+        assert_eq!(
+            moved(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}],"cache_control":{"type":"ephemeral"}}"#).unwrap(),
+            r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}]}"#
+        );
+        // No top-level marker (a block's own only, or none): nothing to do.
+        assert!(moved(r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a","cache_control":{"type":"ephemeral"}}]}]}"#).is_none());
+        assert!(moved(r#"{"messages":[{"role":"user","content":"a"}]}"#).is_none());
+        // What comes out is read again as JSON with the marker where Bedrock takes it.
+        let out = moved(r#"{"system":"s","cache_control":{"type":"ephemeral"},"messages":[{"role":"user","content":"x"}]}"#).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v.get("cache_control").is_none());
+        assert_eq!(
+            v["messages"][0]["content"][0]["cache_control"]["type"],
+            "ephemeral"
+        );
+    }
 
     const M5: Marker = Marker {
         ttl: Ttl::FiveMinutes,

@@ -183,13 +183,22 @@ impl PriceTable {
     }
 
     /// What prompt caching saved a finished call of `model` (see
-    /// [`ModelPrices::prompt_cache_saved_micros`]); `None` when `model` has no price.
+    /// [`ModelPrices::prompt_cache_saved_micros`]); 0 for a call that cached nothing, `None`
+    /// when `model` has no price.
     pub fn prompt_cache_saved_micros(
         &self,
         model: &str,
         usage: &Usage,
         batch: bool,
     ) -> Option<i64> {
+        if usage.cache_creation_input_tokens == 0
+            && usage.cache_creation_5m_input_tokens == 0
+            && usage.cache_creation_1h_input_tokens == 0
+            && usage.cache_read_input_tokens == 0
+        {
+            // Most calls cache nothing: no lookup (the settlement right after does its own).
+            return Some(0);
+        }
         self.lookup(model)
             .map(|p| p.prompt_cache_saved_micros(usage, batch))
     }

@@ -124,7 +124,11 @@ impl Call {
             ..LedgerRow::default()
         };
         let mut rec = CallRecorder::new(s.clone(), row, start, log_bodies);
-        match feature(&parts.headers) {
+        // The prompt-cache opt-out is checked here, with the other x-sluice-* headers, so a
+        // misspelt one is refused before any admission or cache lookup, on every path.
+        let checked = crate::prompt_cache::check_header(&parts.headers)
+            .and_then(|()| feature(&parts.headers));
+        match checked {
             Ok(f) => rec.set_feature(f),
             Err(e) => {
                 let resp = e.to_response(&request_id);

@@ -69,6 +69,17 @@ impl Form {
     }
 }
 
+/// Refuse an `x-sluice-prompt-cache` other than `off` (see [`decide`] for why). Checked when
+/// the call starts, before admission or a response-cache lookup.
+pub(crate) fn check_header(headers: &HeaderMap) -> Result<(), GatewayError> {
+    match headers.get(&OPT_OUT) {
+        Some(v) if !v.as_bytes().eq_ignore_ascii_case(b"off") => {
+            Err(GatewayError::BadPromptCacheHeader)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Decide, once per call, whether this call's body may get prompt-cache markers. `class` is the
 /// admitted model class (`None` when the call holds no permit: it then takes the tenant's own
 /// setting). An `x-sluice-prompt-cache` value other than `off` is refused whatever the tenant's
@@ -82,11 +93,8 @@ pub(crate) fn decide(
     body: &[u8],
     endpoint: Endpoint,
 ) -> Result<Option<Auto>, GatewayError> {
-    let opted_out = match headers.get(&OPT_OUT) {
-        None => false,
-        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"off") => true,
-        Some(_) => return Err(GatewayError::BadPromptCacheHeader),
-    };
+    check_header(headers)?;
+    let opted_out = headers.contains_key(&OPT_OUT);
     // Token counting takes markers but caches nothing; only Messages calls are worth editing.
     if opted_out || endpoint != Endpoint::Messages {
         return Ok(None);
@@ -179,8 +187,8 @@ pub(crate) struct Bodies<'a> {
     auto: Option<Auto>,
     /// The edited body per form (indexed by `Form as usize`) and the plan it was made for.
     edited: [Option<(Plan, Bytes)>; 2],
-    /// The last body handed out: its plan and model.
-    last: Option<(Plan, &'a str, Bytes)>,
+    /// The last body handed out: its plan, form and model.
+    last: Option<(Plan, Form, &'a str, Bytes)>,
 }
 
 impl<'a> Bodies<'a> {
@@ -212,8 +220,9 @@ impl<'a> Bodies<'a> {
             a.plan(form, cfg.caching.min_cacheable_tokens(step_model))
         });
         let added = !plan.is_empty();
-        if let Some((p, m, b)) = &self.last
+        if let Some((p, f, m, b)) = &self.last
             && *p == plan
+            && *f == form
             && *m == model
         {
             return Ok((b.clone(), added));
@@ -248,7 +257,16 @@ impl<'a> Bodies<'a> {
             _ if model == req.model => self.body.clone(),
             _ => swap_model(&self.body, req, model)?,
         };
-        self.last = Some((plan, model, out.clone()));
+        // Bedrock refuses a top-level `cache_control`: a client's own (automatic caching) is
+        // moved onto the last user turn for it, its value and TTL kept, rather than sent to a
+        // certain 400.
+        let out = match form {
+            Form::Explicit if !added => {
+                sluice_anthropic::prompt_cache::top_level_to_explicit(&out).map_or(out, Bytes::from)
+            }
+            _ => out,
+        };
+        self.last = Some((plan, form, model, out.clone()));
         Ok((out, added))
     }
 }

@@ -365,9 +365,9 @@ const KEY_A: &str = "sk-ant-AAAA-prompt-cache-primary-secret";
 const AKID: &str = "AKIAPROMPTCACHETEST1";
 const AWS_SECRET: &str = "prompt/cache+secret";
 
-#[tokio::test]
-async fn a_fallback_to_bedrock_gets_explicit_breakpoints_and_vertex_the_automatic_form() {
-    let upstream = format!(
+/// A primary Anthropic API member, then Bedrock, then Vertex for claude-sonnet-4-5.
+fn fallback_upstream() -> String {
+    format!(
         r#"max_attempts = 1
 
 [[upstream.members]]
@@ -399,7 +399,68 @@ models = {{ "claude-sonnet-4-5" = "claude-sonnet-4-5@20250929" }}
 model = "claude-sonnet-4-5"
 then = [{{ provider = "bedrock" }}, {{ provider = "vertex" }}]
 "#
-    );
+    )
+}
+
+/// A client's own top-level marker (automatic caching) cannot go to Bedrock, which refuses the
+/// field: on a fallback there it is moved onto the last user turn, value and TTL kept; the
+/// Anthropic API still gets the client's bytes exactly.
+#[tokio::test]
+async fn a_clients_top_level_marker_is_moved_for_bedrock_and_kept_for_the_anthropic_api() {
+    let env = env_with(Opts {
+        upstream_extra: fallback_upstream(),
+        mock: MockOptions {
+            api_keys: vec![KEY_A.into()],
+            aws_credentials: Some((AKID.into(), AWS_SECRET.into())),
+            gcp_public_key_der: Some(std::fs::read(sluice_mock::VERTEX_SA_PUBLIC_KEY_DER).unwrap()),
+            record: true,
+            output_tokens: Some(OUTPUT as u64),
+            ..MockOptions::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    env.mock.set_key_status(KEY_A, Some(529));
+    let mut body: serde_json::Value =
+        serde_json::from_str(&conversation(&system_prompt(), "rivers", 2)).unwrap();
+    body["cache_control"] = serde_json::json!({"type": "ephemeral", "ttl": "1h"});
+    let body = body.to_string();
+    for _ in 0..2 {
+        let r = env.post_messages(&env.web_key, &body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let served = r.headers()["x-sluice-served-by"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(served.starts_with("provider=bedrock;"), "{served}");
+    }
+    let recorded = env.mock.recorded();
+    let primary: Vec<_> = recorded
+        .iter()
+        .filter(|r| r.path == "/v1/messages")
+        .collect();
+    assert!(!primary.is_empty());
+    for r in &primary {
+        assert_eq!(r.body, body.as_bytes());
+    }
+    let bedrock: Vec<serde_json::Value> = recorded
+        .iter()
+        .filter(|r| r.path.contains("/model/"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert_eq!(bedrock.len(), 2);
+    for v in &bedrock {
+        assert!(v.get("cache_control").is_none(), "{v}");
+        let last = v["messages"].as_array().unwrap().last().unwrap();
+        assert_eq!(last["role"], "user");
+        let blocks = last["content"].as_array().unwrap();
+        assert_eq!(blocks.last().unwrap()["cache_control"]["ttl"], "1h");
+    }
+}
+
+#[tokio::test]
+async fn a_fallback_to_bedrock_gets_explicit_breakpoints_and_vertex_the_automatic_form() {
+    let upstream = fallback_upstream();
     let mut env = env_with(Opts {
         upstream_extra: upstream,
         web_extra: "prompt_cache = \"auto\"".into(),
