@@ -392,6 +392,9 @@ pub fn inserted_before(layout: &CacheLayout, plan: &Plan, at: usize) -> usize {
         .sum()
 }
 
+/// An insertion of [`top_level_to_explicit`]: at an offset, three byte strings in order.
+type Piece<'a> = (usize, &'a [u8], &'a [u8], &'a [u8]);
+
 /// `body` in the form of a provider that refuses a top-level `cache_control` (Bedrock): the
 /// client's own top-level marker (automatic caching, which puts the breakpoint on the last
 /// cacheable block) is moved, value and TTL unchanged, onto the last cacheable block of the
@@ -424,7 +427,8 @@ pub fn top_level_to_explicit(body: &[u8]) -> Option<Vec<u8>> {
         }
     };
     let mut out = Vec::with_capacity(body.len() + 40);
-    let mut pieces: [(usize, &[u8], &[u8], &[u8]); 2] = [(usize::MAX, b"", b"", b""); 2];
+    // (offset, bytes to insert there); unused slots stay at usize::MAX.
+    let mut pieces: [Piece<'_>; 2] = [(usize::MAX, b"", b"", b""); 2];
     match l.last_user.filter(|bp| !bp.marked).map(|bp| bp.target) {
         Some(Target::Member { close, empty }) => {
             let comma: &[u8] = if empty { b"" } else { b"," };
