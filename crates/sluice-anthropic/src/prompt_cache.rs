@@ -290,6 +290,20 @@ pub fn layout(body: &[u8]) -> Result<CacheLayout, LayoutError> {
     std::str::from_utf8(body).map_err(|e| LayoutError::Malformed {
         at: e.valid_up_to(),
     })?;
+    walk(body)
+}
+
+/// [`layout`] of a body already parsed as `_parsed` ([`crate::parse_message_request`], which
+/// checks the whole body is UTF-8 first): the same walk without checking the UTF-8 again, a
+/// pass over the body the request path would otherwise make twice.
+pub fn layout_of_parsed(
+    body: &[u8],
+    _parsed: &crate::MessageRequest,
+) -> Result<CacheLayout, LayoutError> {
+    walk(body)
+}
+
+fn walk(body: &[u8]) -> Result<CacheLayout, LayoutError> {
     let mut c = Cur { b: body, i: 0 };
     if c.peek() != Some(b'{') {
         // A syntax error wins over the wrong kind of value, as in the request parser.

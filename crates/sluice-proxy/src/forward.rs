@@ -51,6 +51,7 @@ impl Call {
             class,
             &parts.headers,
             &body,
+            req,
             endpoint,
         )?;
         let mut h = std::mem::take(&mut parts.headers);

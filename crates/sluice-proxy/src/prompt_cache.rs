@@ -21,7 +21,9 @@ use crate::error::GatewayError;
 use bytes::Bytes;
 use http::HeaderMap;
 use sluice_anthropic::MessageRequest;
-use sluice_anthropic::prompt_cache::{CacheLayout, Plan, Spot, Ttl, inserted_before, layout};
+use sluice_anthropic::prompt_cache::{
+    CacheLayout, Plan, Spot, Ttl, inserted_before, layout, layout_of_parsed,
+};
 use sluice_config::{Config, PromptCacheMode, PromptCacheTtl};
 use sluice_core::Provider;
 use sluice_upstream::Endpoint;
@@ -91,6 +93,7 @@ pub(crate) fn decide(
     class: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
+    req: Option<&MessageRequest>,
     endpoint: Endpoint,
 ) -> Result<Option<Auto>, GatewayError> {
     check_header(headers)?;
@@ -117,7 +120,12 @@ pub(crate) fn decide(
         return Ok(None);
     }
     // A body the walker does not read goes as it came; the upstream judges it.
-    let Ok(layout) = layout(body) else {
+    let walked = match req {
+        // The request parser checked the body is UTF-8; the walk need not again.
+        Some(r) => layout_of_parsed(body, r),
+        None => layout(body),
+    };
+    let Ok(layout) = walked else {
         return Ok(None);
     };
     if layout.has_marker() {
@@ -298,7 +306,16 @@ mod tests {
     }
 
     fn decided(cfg: &Config, class: Option<&str>, h: &HeaderMap, body: &str) -> Option<Auto> {
-        decide(cfg, "t", class, h, body.as_bytes(), Endpoint::Messages).unwrap()
+        decide(
+            cfg,
+            "t",
+            class,
+            h,
+            body.as_bytes(),
+            None,
+            Endpoint::Messages,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -309,7 +326,15 @@ mod tests {
         let auto = config("prompt_cache = \"auto\"");
         assert!(decided(&auto, Some("sonnet"), &h, &body).is_some());
         // Token counting is never edited.
-        let ct = decide(&auto, "t", None, &h, body.as_bytes(), Endpoint::CountTokens);
+        let ct = decide(
+            &auto,
+            "t",
+            None,
+            &h,
+            body.as_bytes(),
+            None,
+            Endpoint::CountTokens,
+        );
         assert!(ct.unwrap().is_none());
         let mut off = HeaderMap::new();
         off.insert(&OPT_OUT, "OFF".parse().unwrap());
@@ -322,6 +347,7 @@ mod tests {
             None,
             &bad,
             body.as_bytes(),
+            None,
             Endpoint::Messages,
         );
         assert!(matches!(e, Err(GatewayError::BadPromptCacheHeader)));
