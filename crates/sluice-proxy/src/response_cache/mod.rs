@@ -386,7 +386,8 @@ pub(crate) async fn decide(
     if m == Mode::Bypass {
         return Decision::Bypass;
     }
-    // The body was parsed already; one the canonicaliser refuses (too deep) is not cached.
+    // The body was parsed already; one the canonicaliser refuses (too deep, or a key twice in
+    // an object: which one the upstream reads is its choice) is not cached.
     let Some(canonical) = sluice_anthropic::canonical_json(body) else {
         return Decision::Bypass;
     };
