@@ -322,7 +322,16 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         Some(rc) if endpoint == "messages" => {
             let wait = Duration::from_millis(call.cfg.upstream.retry_deadline_ms.max(1000));
             let d =
-                response_cache::decide(&s, &call.tenant, &rc, &parts.headers, &bytes, wait).await;
+                response_cache::decide(
+                &s,
+                &call.tenant,
+                &rc,
+                &parts.headers,
+                &bytes,
+                info.stream,
+                wait,
+            )
+            .await;
             s.metrics().record_response_cache(&call.tenant, d.result());
             match d {
                 Decision::Hit(e) => return cache_hit(&s, call, &info.model, &e).await,
