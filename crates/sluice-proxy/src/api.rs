@@ -381,13 +381,19 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         p.observe_upstream(|| headers::upstream_remaining(resp.headers()));
     }
     let status = resp.status();
-    // Only a complete 200 is stored; anything else lets the waiting callers go at once.
+    // Only a complete 200 from the primary step is stored (a fallback step's reply, maybe of
+    // another model, must not answer for the model asked for); anything else lets the waiting
+    // callers go at once.
     let storing = match rc {
         Some(d) => {
             resp.headers_mut()
                 .insert(response_cache::X_SLUICE_CACHE.clone(), d.header());
             match d {
-                Decision::Miss(st) if status == StatusCode::OK => Some(st),
+                Decision::Miss(st)
+                    if status == StatusCode::OK && matches!(call.served, Some((_, 0))) =>
+                {
+                    Some(st)
+                }
                 _ => None,
             }
         }

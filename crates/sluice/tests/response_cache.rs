@@ -606,3 +606,48 @@ async fn identical_streams_in_flight_do_not_wait_for_each_other() {
     let _ = r.bytes().await;
     assert_eq!(upstream_calls(&env).await, 12);
 }
+
+#[tokio::test]
+async fn a_reply_from_a_fallback_model_is_not_stored_under_the_model_asked_for() {
+    const KEY_A: &str = "sk-ant-AAAA-rc-fallback-primary-secret";
+    const KEY_B: &str = "sk-ant-BBBB-rc-fallback-spare-secret";
+    let env = env_with(Opts {
+        web_extra: RC.into(),
+        upstream_extra: format!(
+            "max_attempts = 2\nretry_base_ms = 10\n\
+             [[upstream.members]]\nname = \"primary\"\napi_key = \"{KEY_A}\"\nweight = 1\n\
+             [[upstream.members]]\nname = \"spare\"\napi_key = \"{KEY_B}\"\nweight = 0\n\
+             [[upstream.fallbacks]]\nmodel = \"claude-opus-4-5\"\n\
+             then = [{{ model = \"claude-haiku-4-5\", member = \"spare\" }}]\n"
+        ),
+        mock: sluice_mock::MockOptions {
+            api_keys: vec![KEY_A.into(), KEY_B.into()],
+            record: true,
+            ..sluice_mock::MockOptions::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let opus = SMALL.replace("claude-sonnet-4-5", "claude-opus-4-5");
+    let model = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["model"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Opus overloaded: Haiku answers.
+    env.mock.set_key_status(KEY_A, Some(529));
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-haiku-4-5");
+    // Opus back: the same request is asked of Opus, not answered with Haiku's reply.
+    env.mock.set_key_status(KEY_A, None);
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"), "Haiku's reply was stored");
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
+    // The primary's reply is stored as usual.
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
+}

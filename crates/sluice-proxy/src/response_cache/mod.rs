@@ -9,9 +9,10 @@
 //! - **Per call**: `x-sluice-cache: off` or `cache-control: no-store` bypass the cache (no
 //!   lookup, no store); `x-sluice-cache: refresh` or `cache-control: no-cache` skip the lookup
 //!   and store the new reply.
-//! - **Stored**: only a complete 200: a JSON reply's bytes, or a stream that ended with
-//!   `message_stop` (captured by the [`crate::tap::TapBody`] as it passes), each up to the
-//!   tenant's `max_entry_bytes`, with the cost the call had (what a hit saves).
+//! - **Stored**: only a complete 200 of the primary routing step (never a fallback's): a JSON
+//!   reply's bytes, or a stream that ended with `message_stop` (captured by the
+//!   [`crate::tap::TapBody`] as it passes), each up to the tenant's `max_entry_bytes`, with the
+//!   cost the call had (what a hit saves).
 //! - **Coalescing**: identical non-streamed calls in flight at once share one upstream call:
 //!   the first is the leader ([`Flight`]), the others wait for its entry (bounded, over all
 //!   they wait on, by the upstream retry deadline) and answer as hits; when the leader's reply
