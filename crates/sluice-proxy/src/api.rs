@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sluice_anthropic::{parse_message_request, parse_message_response};
-use sluice_config::Config;
+use sluice_config::{Config, ResponseCacheConfig};
 use sluice_core::Provider;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
@@ -77,6 +77,8 @@ pub(crate) struct Call {
     pub cfg: Arc<Config>,
     pub tenant: Arc<str>,
     pub key_id: Arc<str>,
+    /// The tenant's response cache, read when the tenant was resolved (no second lookup).
+    pub response_cache: Option<ResponseCacheConfig>,
 }
 
 impl Call {
@@ -107,12 +109,12 @@ impl Call {
         let key = crate::auth::presented_key(&parts.headers)
             .and_then(|k| s.keys().authenticate(k, now_ms))
             .map_err(refuse)?;
-        let log_bodies = match cfg.tenant(&key.tenant) {
+        let (log_bodies, response_cache) = match cfg.tenant(&key.tenant) {
             None => return Err(refuse(GatewayError::TenantUnknown(key.tenant.clone()))),
             Some(t) if !t.enabled => {
                 return Err(refuse(GatewayError::TenantDisabled(key.tenant.clone())));
             }
-            Some(t) => t.log_bodies,
+            Some(t) => (t.log_bodies, t.response_cache),
         };
         let row = LedgerRow {
             ts_ms: now_ms,
@@ -145,6 +147,7 @@ impl Call {
             cfg,
             tenant: key.tenant,
             key_id: key.id,
+            response_cache,
         })
     }
 
@@ -318,7 +321,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     let info = step!(call, parse_message_request(&bytes));
     call.rec.set_model(&info.model);
     // The response cache, for tenants that have one (the others pay nothing: no hashing).
-    let rc = match call.cfg.tenant(&call.tenant).and_then(|t| t.response_cache) {
+    let rc = match call.response_cache {
         Some(rc) if endpoint == "messages" => {
             let wait = Duration::from_millis(call.cfg.upstream.retry_deadline_ms.max(1000));
             let d =
@@ -430,7 +433,8 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
             ..Ending::default()
         }
     };
-    let model = ending.model_served.clone();
+    // The model is copied only for an entry: most replies are not stored.
+    let model = storing.as_ref().and_then(|_| ending.model_served.clone());
     let cost = call.rec.finish(ending);
     if let Some(st) = storing {
         st.store(false, bytes.clone(), cost, model);
