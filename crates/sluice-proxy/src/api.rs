@@ -335,10 +335,13 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
                 wait,
             )
             .await;
-            s.metrics().record_response_cache(&call.tenant, d.result());
             match d {
+                // Counted once admitted: a would-be hit refused with 429 was not answered.
                 Decision::Hit(e) => return cache_hit(&s, call, &info.model, &e).await,
-                d => Some(d),
+                d => {
+                    s.metrics().record_response_cache(&call.tenant, d.result());
+                    Some(d)
+                }
             }
         }
         _ => None,
@@ -443,8 +446,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
 }
 
 /// Answer a call from the response cache: one request from the tenant's request buckets (no
-/// tokens: nothing is generated), then the stored reply. The ledger row has outcome
-/// `cache_hit`, cost 0, zero tokens (the token columns stay what was billed) and, as
+/// tokens: nothing is generated), then the stored reply, counted as a hit (a refused one is not
+/// a hit, nor any other response-cache result: its 429 is counted as any). The ledger row has
+/// outcome `cache_hit`, cost 0, zero tokens (the token columns stay what was billed) and, as
 /// `saved_micros`, what the stored reply cost.
 async fn cache_hit(
     s: &AppState,
@@ -459,6 +463,8 @@ async fn cache_hit(
             .await
             .map_err(GatewayError::Limited)
     );
+    s.metrics()
+        .record_response_cache(&call.tenant, sluice_telemetry::CacheResult::Hit);
     if e.stream {
         call.rec.set_streamed();
     }

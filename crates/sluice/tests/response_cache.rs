@@ -232,6 +232,16 @@ async fn a_tenant_over_its_limit_is_refused_and_nothing_is_stored() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(upstream_calls(&env).await, 1);
+    // The refused would-be hit was not answered from the cache: it is no hit.
+    let text = sluice_telemetry::render(env.gw.as_ref().unwrap().state().unwrap());
+    let count = |result: &str| {
+        let series =
+            format!("sluice_response_cache_requests_total{{result=\"{result}\",tenant=\"web\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!((count("hit"), count("miss"), count("bypass")), (0, 1, 0));
 }
 
 #[tokio::test]
