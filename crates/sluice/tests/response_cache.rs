@@ -661,3 +661,20 @@ async fn a_reply_from_a_fallback_model_is_not_stored_under_the_model_asked_for()
     assert_eq!(cache_header(&r).as_deref(), Some("hit"));
     assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
 }
+
+#[tokio::test]
+async fn a_body_with_a_duplicate_key_is_never_cached() {
+    let env = gateway(RC, "").await;
+    let (a, b) = (
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"temperature":0,"temperature":1,"messages":[{"role":"user","content":"Hello"}]}"#,
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"temperature":1,"temperature":0,"messages":[{"role":"user","content":"Hello"}]}"#,
+    );
+    // Each order twice: none of them is answered from another's reply.
+    for body in [a, b, a, b] {
+        let r = env.post_messages(&env.web_key, body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(cache_header(&r).as_deref(), Some("bypass"), "{body}");
+        let _ = r.bytes().await;
+    }
+    assert_eq!(upstream_calls(&env).await, 4);
+}
