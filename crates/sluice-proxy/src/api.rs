@@ -324,8 +324,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     let rc = match call.response_cache {
         Some(rc) if endpoint == "messages" => {
             let wait = Duration::from_millis(call.cfg.upstream.retry_deadline_ms.max(1000));
-            let d =
-                response_cache::decide(
+            let d = response_cache::decide(
                 &s,
                 &call.tenant,
                 &rc,

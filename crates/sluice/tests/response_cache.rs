@@ -418,7 +418,11 @@ async fn when_the_leader_fails_one_follower_leads_again_and_the_rest_wait_for_it
         1,
         "{got:?}"
     );
-    assert_eq!(upstream_calls(&env).await, 2, "the failed call and one retry");
+    assert_eq!(
+        upstream_calls(&env).await,
+        2,
+        "the failed call and one retry"
+    );
 }
 
 fn prefix() -> String {
@@ -596,7 +600,10 @@ async fn identical_streams_in_flight_do_not_wait_for_each_other() {
     let r = env.post_messages(&env.web_key, &body).send().await.unwrap();
     assert_eq!(cache_header(&r).as_deref(), Some("hit"));
     let replay = r.bytes().await.unwrap();
-    assert!(got.iter().any(|(_, _, b, _)| *b == replay), "a stored stream");
+    assert!(
+        got.iter().any(|(_, _, b, _)| *b == replay),
+        "a stored stream"
+    );
     assert_eq!(upstream_calls(&env).await, 10);
 
     // A stream past the tenant's max_entry_bytes is passed on whole but never stored.
@@ -654,7 +661,11 @@ async fn a_reply_from_a_fallback_model_is_not_stored_under_the_model_asked_for()
     // Opus back: the same request is asked of Opus, not answered with Haiku's reply.
     env.mock.set_key_status(KEY_A, None);
     let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
-    assert_eq!(cache_header(&r).as_deref(), Some("miss"), "Haiku's reply was stored");
+    assert_eq!(
+        cache_header(&r).as_deref(),
+        Some("miss"),
+        "Haiku's reply was stored"
+    );
     assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
     // The primary's reply is stored as usual.
     let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
