@@ -3,18 +3,20 @@
 //! difference shows in it.
 //!
 //! The form: no whitespace outside strings; object members sorted by their key's bytes as
-//! written (then by their value, so duplicate keys cannot make order matter); arrays in their
-//! order; strings and numbers exactly as written. Strings are **not** escape-normalised
-//! (`"\u0061"` and `"a"` stay different) and numbers are not re-formatted (`1.0` is not `1`):
-//! a client sending the same request sends the same bytes for them, and a difference only
-//! costs a cache miss, never a wrong hit. Nothing is decoded, so the walk is one pass over the
-//! bytes with one buffer per object for the sort.
+//! written; arrays in their order; strings and numbers exactly as written. Strings are **not**
+//! escape-normalised (`"\u0061"` and `"a"` stay different) and numbers are not re-formatted
+//! (`1.0` is not `1`): a client sending the same request sends the same bytes for them, and a
+//! difference only costs a cache miss, never a wrong hit. Nothing is decoded, so the walk is
+//! one pass over the bytes with one buffer per object for the sort. An object with a key twice
+//! has no canonical form (see [`canonical_json`]).
 
 /// Deeper documents are refused (the request parser's own serde limit is the same).
 const MAX_DEPTH: usize = 128;
 
 /// The canonical form of `input`, or `None` when it is not one JSON value (surrounded by
-/// whitespace at most) or nests deeper than 128 levels.
+/// whitespace at most), nests deeper than 128 levels, or has an object with the same key twice
+/// (as written or once its escapes are decoded): which one counts is the reader's choice, so
+/// no form of it is safe to share.
 pub fn canonical_json(input: &[u8]) -> Option<Vec<u8>> {
     let mut w = Walker {
         s: input,
@@ -210,11 +212,25 @@ impl Walker<'_> {
         if members.len() > 1 {
             let written = self.out.split_off(region);
             let at = |o: usize| o - region;
-            members.sort_unstable_by(|a, b| {
-                let (ka, kb) = (&written[at(a.0)..at(a.1)], &written[at(b.0)..at(b.1)]);
-                ka.cmp(kb)
-                    .then_with(|| written[at(a.1)..at(a.2)].cmp(&written[at(b.1)..at(b.2)]))
-            });
+            let key = |m: &(usize, usize, usize)| &written[at(m.0)..at(m.1)];
+            members.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+            // Which of two equal keys the upstream keeps is its choice (serde takes the last):
+            // no order of them is safe to share a key, so such a body is not cached.
+            if members.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
+                return None;
+            }
+            // `"a"` and `"\u0061"` are one key once decoded: compare decoded keys when any
+            // is escaped (rare: only then is anything allocated).
+            if members.iter().any(|m| key(m).contains(&b'\\')) {
+                let mut decoded = Vec::with_capacity(members.len());
+                for m in &members {
+                    decoded.push(serde_json::from_slice::<String>(key(m)).ok()?);
+                }
+                decoded.sort_unstable();
+                if decoded.windows(2).any(|w| w[0] == w[1]) {
+                    return None;
+                }
+            }
             for (n, m) in members.iter().enumerate() {
                 if n > 0 {
                     self.out.push(b',');
@@ -258,8 +274,18 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_do_not_make_order_matter() {
-        assert_eq!(c(r#"{"a":2,"a":1}"#), c(r#"{"a":1,"a":2}"#));
+    fn a_duplicate_key_anywhere_is_refused() {
+        // Whichever one the upstream takes, the two orders are different requests.
+        assert_eq!(c(r#"{"temperature":0,"temperature":1}"#), None);
+        assert_eq!(c(r#"{"temperature":1,"temperature":0}"#), None);
+        assert_eq!(c(r#"{"a":1,"a":1}"#), None);
+        assert_eq!(c(r#"{"m":[{"x":{"k":1,"b":2,"k":3}}]}"#), None, "nested");
+        // Escaped spellings of one key are the same key.
+        assert_eq!(c(r#"{"\u0061":1,"a":2}"#), None);
+        assert_eq!(c(r#"{"t\u0065mp":1,"temp":2,"z":0}"#), None);
+        // Distinct keys, escaped or not, are fine.
+        assert!(c(r#"{"\u0061":1,"b":2}"#).is_some());
+        assert!(c(r#"{"a":{"a":1},"b":{"a":1}}"#).is_some());
     }
 
     #[test]

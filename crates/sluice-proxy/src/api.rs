@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sluice_anthropic::{parse_message_request, parse_message_response};
-use sluice_config::Config;
+use sluice_config::{Config, ResponseCacheConfig};
 use sluice_core::Provider;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
@@ -77,6 +77,8 @@ pub(crate) struct Call {
     pub cfg: Arc<Config>,
     pub tenant: Arc<str>,
     pub key_id: Arc<str>,
+    /// The tenant's response cache, read when the tenant was resolved (no second lookup).
+    pub response_cache: Option<ResponseCacheConfig>,
 }
 
 impl Call {
@@ -107,12 +109,12 @@ impl Call {
         let key = crate::auth::presented_key(&parts.headers)
             .and_then(|k| s.keys().authenticate(k, now_ms))
             .map_err(refuse)?;
-        let log_bodies = match cfg.tenant(&key.tenant) {
+        let (log_bodies, response_cache) = match cfg.tenant(&key.tenant) {
             None => return Err(refuse(GatewayError::TenantUnknown(key.tenant.clone()))),
             Some(t) if !t.enabled => {
                 return Err(refuse(GatewayError::TenantDisabled(key.tenant.clone())));
             }
-            Some(t) => t.log_bodies,
+            Some(t) => (t.log_bodies, t.response_cache),
         };
         let row = LedgerRow {
             ts_ms: now_ms,
@@ -149,6 +151,7 @@ impl Call {
             cfg,
             tenant: key.tenant,
             key_id: key.id,
+            response_cache,
         })
     }
 
@@ -322,15 +325,26 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
     let info = step!(call, parse_message_request(&bytes));
     call.rec.set_model(&info.model);
     // The response cache, for tenants that have one (the others pay nothing: no hashing).
-    let rc = match call.cfg.tenant(&call.tenant).and_then(|t| t.response_cache) {
+    let rc = match call.response_cache {
         Some(rc) if endpoint == "messages" => {
             let wait = Duration::from_millis(call.cfg.upstream.retry_deadline_ms.max(1000));
-            let d =
-                response_cache::decide(&s, &call.tenant, &rc, &parts.headers, &bytes, wait).await;
-            s.metrics().record_response_cache(&call.tenant, d.result());
+            let d = response_cache::decide(
+                &s,
+                &call.tenant,
+                &rc,
+                &parts.headers,
+                &bytes,
+                info.stream,
+                wait,
+            )
+            .await;
             match d {
+                // Counted once admitted: a would-be hit refused with 429 was not answered.
                 Decision::Hit(e) => return cache_hit(&s, call, &info.model, &e).await,
-                d => Some(d),
+                d => {
+                    s.metrics().record_response_cache(&call.tenant, d.result());
+                    Some(d)
+                }
             }
         }
         _ => None,
@@ -376,13 +390,19 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         p.observe_upstream(|| headers::upstream_remaining(resp.headers()));
     }
     let status = resp.status();
-    // Only a complete 200 is stored; anything else lets the waiting callers go at once.
+    // Only a complete 200 from the primary step is stored (a fallback step's reply, maybe of
+    // another model, must not answer for the model asked for); anything else lets the waiting
+    // callers go at once.
     let storing = match rc {
         Some(d) => {
             resp.headers_mut()
                 .insert(response_cache::X_SLUICE_CACHE.clone(), d.header());
             match d {
-                Decision::Miss(st) if status == StatusCode::OK => Some(st),
+                Decision::Miss(st)
+                    if status == StatusCode::OK && matches!(call.served, Some((_, 0))) =>
+                {
+                    Some(st)
+                }
                 _ => None,
             }
         }
@@ -419,7 +439,8 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
             ..Ending::default()
         }
     };
-    let model = ending.model_served.clone();
+    // The model is copied only for an entry: most replies are not stored.
+    let model = storing.as_ref().and_then(|_| ending.model_served.clone());
     let cost = call.rec.finish(ending);
     if let Some(st) = storing {
         st.store(false, bytes.clone(), cost, model);
@@ -428,8 +449,9 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
 }
 
 /// Answer a call from the response cache: one request from the tenant's request buckets (no
-/// tokens: nothing is generated), then the stored reply. The ledger row has outcome
-/// `cache_hit`, cost 0, zero tokens (the token columns stay what was billed) and, as
+/// tokens: nothing is generated), then the stored reply, counted as a hit (a refused one is not
+/// a hit, nor any other response-cache result: its 429 is counted as any). The ledger row has
+/// outcome `cache_hit`, cost 0, zero tokens (the token columns stay what was billed) and, as
 /// `saved_micros`, what the stored reply cost.
 async fn cache_hit(
     s: &AppState,
@@ -444,6 +466,8 @@ async fn cache_hit(
             .await
             .map_err(GatewayError::Limited)
     );
+    s.metrics()
+        .record_response_cache(&call.tenant, sluice_telemetry::CacheResult::Hit);
     if e.stream {
         call.rec.set_streamed();
     }

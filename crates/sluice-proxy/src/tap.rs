@@ -161,7 +161,8 @@ impl TapBody {
             )
         } else if s.saw_message_stop {
             let end = self.ending("ok", None);
-            let model = end.model_served.clone();
+            // The model is copied only for an entry: most streams are not stored.
+            let model = self.capture.as_ref().and_then(|_| end.model_served.clone());
             let cost = self.call.finish(end);
             // Complete and successful: the only stream the response cache keeps.
             if let Some(c) = self.capture.take() {

@@ -84,11 +84,13 @@ const CACHE_RESULTS: [&str; 3] = ["hit", "miss", "bypass"];
 /// How the response cache answered a call (`sluice_response_cache_requests_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheResult {
-    /// Answered from the cache (coalesced followers included).
+    /// Answered from the cache (coalesced followers included), after admission: a would-be
+    /// hit refused with 429 is not counted.
     Hit = 0,
     /// Went upstream, the reply to be stored if it can be (`refresh` included).
     Miss = 1,
-    /// The client turned the cache off for the call.
+    /// Not cached: the client turned the cache off, or the body has no canonical form (a
+    /// duplicate key, too deep).
     Bypass = 2,
 }
 
@@ -311,7 +313,7 @@ impl Metrics {
             response_cache: counter(
                 &r,
                 "sluice_response_cache_requests_total",
-                "Messages calls of tenants with a response cache, by result: hit (answered by the gateway), miss (went upstream), bypass (the client turned the cache off).",
+                "Messages calls of tenants with a response cache, by result: hit (answered by the gateway, once admitted), miss (went upstream), bypass (the client turned the cache off, or the body is not cacheable).",
                 &["tenant", "result"],
             )?,
             alerts_firing,

@@ -1,6 +1,7 @@
 //! The per-tenant response cache through the real gateway against the fake upstream: a hit
 //! never crosses tenants, member order and whitespace do not matter, entries expire, identical
-//! calls in flight share one upstream call, refused, failed, truncated and oversize replies
+//! non-streamed calls in flight share one upstream call (and, when it fails, one retry) while
+//! streams never wait on each other, refused, failed, truncated and oversize replies
 //! are never stored, the per-call headers do what they say, a streamed hit is a valid SSE
 //! stream, the ledger records hits with cost 0 and what they saved, and the Redis backend
 //! shares entries between two gateways.
@@ -231,6 +232,16 @@ async fn a_tenant_over_its_limit_is_refused_and_nothing_is_stored() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(upstream_calls(&env).await, 1);
+    // The refused would-be hit was not answered from the cache: it is no hit.
+    let text = sluice_telemetry::render(env.gw.as_ref().unwrap().state().unwrap());
+    let count = |result: &str| {
+        let series =
+            format!("sluice_response_cache_requests_total{{result=\"{result}\",tenant=\"web\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!((count("hit"), count("miss"), count("bypass")), (0, 1, 0));
 }
 
 #[tokio::test]
@@ -371,7 +382,7 @@ async fn metrics_count_results_and_the_cache_size() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_leader_fails_its_followers_go_upstream_themselves() {
+async fn when_the_leader_fails_one_follower_leads_again_and_the_rest_wait_for_it() {
     let env = env_with(Opts {
         web_extra: RC.into(),
         upstream_extra: "max_attempts = 1".into(),
@@ -379,7 +390,7 @@ async fn when_the_leader_fails_its_followers_go_upstream_themselves() {
     })
     .await;
     let mut tasks = Vec::new();
-    for i in 0..8 {
+    for i in 0..20 {
         let rb = env
             .post_messages(&env.web_key, SMALL)
             // Only the first request the mock sees fails; it is slow, so the rest wait on it.
@@ -399,9 +410,19 @@ async fn when_the_leader_fails_its_followers_go_upstream_themselves() {
         got.push(t.await.unwrap());
     }
     assert_eq!(got[0], (500, "miss".to_owned()), "{got:?}");
-    // Nobody else failed; they went upstream (one of them leading again is fine).
+    // Nobody else failed, and they did not all rush the failing upstream: one of them led the
+    // second try and the others were answered from its reply.
     assert!(got[1..].iter().all(|(s, _)| *s == 200), "{got:?}");
-    assert!(upstream_calls(&env).await >= 2);
+    assert_eq!(
+        got[1..].iter().filter(|(_, h)| h == "miss").count(),
+        1,
+        "{got:?}"
+    );
+    assert_eq!(
+        upstream_calls(&env).await,
+        2,
+        "the failed call and one retry"
+    );
 }
 
 fn prefix() -> String {
@@ -540,7 +561,7 @@ async fn redis_away_is_a_miss_never_a_failure() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identical_streams_in_flight_share_one_upstream_stream() {
+async fn identical_streams_in_flight_do_not_wait_for_each_other() {
     let env = gateway(
         RC,
         "response_cache = { ttl_secs = 300, max_entry_bytes = 200 }",
@@ -553,22 +574,37 @@ async fn identical_streams_in_flight_share_one_upstream_stream() {
             .post_messages(&env.web_key, &body)
             .header("x-mock-event-interval-ms", "20");
         tasks.push(tokio::spawn(async move {
+            let t = std::time::Instant::now();
             let r = rb.send().await.unwrap();
             let h = cache_header(&r).unwrap();
-            (h, r.bytes().await.unwrap())
+            let first_byte = t.elapsed();
+            (h, first_byte, r.bytes().await.unwrap(), t.elapsed())
         }));
     }
     let mut got = Vec::new();
     for t in tasks {
         got.push(t.await.unwrap());
     }
-    assert_eq!(
-        upstream_calls(&env).await,
-        1,
-        "one upstream stream for 10 callers"
+    // Waiting on another stream would hold each caller's first byte until that stream's end:
+    // each goes upstream instead, and its headers come long before the streams end.
+    assert_eq!(upstream_calls(&env).await, 10, "each stream its own");
+    assert!(got.iter().all(|(h, ..)| h == "miss"), "{got:?}");
+    let shortest = got.iter().map(|g| g.3).min().unwrap();
+    for (_, first_byte, ..) in &got {
+        assert!(
+            *first_byte < shortest / 2,
+            "first byte {first_byte:?}, a whole stream {shortest:?}"
+        );
+    }
+    // Once one is stored, the next identical stream is a hit.
+    let r = env.post_messages(&env.web_key, &body).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    let replay = r.bytes().await.unwrap();
+    assert!(
+        got.iter().any(|(_, _, b, _)| *b == replay),
+        "a stored stream"
     );
-    assert_eq!(got.iter().filter(|(h, _)| h == "miss").count(), 1);
-    assert!(got.iter().all(|(_, b)| *b == got[0].1));
+    assert_eq!(upstream_calls(&env).await, 10);
 
     // A stream past the tenant's max_entry_bytes is passed on whole but never stored.
     let r = env
@@ -585,5 +621,71 @@ async fn identical_streams_in_flight_share_one_upstream_stream() {
         .unwrap();
     assert_eq!(cache_header(&r).as_deref(), Some("miss"));
     let _ = r.bytes().await;
-    assert_eq!(upstream_calls(&env).await, 3);
+    assert_eq!(upstream_calls(&env).await, 12);
+}
+
+#[tokio::test]
+async fn a_reply_from_a_fallback_model_is_not_stored_under_the_model_asked_for() {
+    const KEY_A: &str = "sk-ant-AAAA-rc-fallback-primary-secret";
+    const KEY_B: &str = "sk-ant-BBBB-rc-fallback-spare-secret";
+    let env = env_with(Opts {
+        web_extra: RC.into(),
+        upstream_extra: format!(
+            "max_attempts = 2\nretry_base_ms = 10\n\
+             [[upstream.members]]\nname = \"primary\"\napi_key = \"{KEY_A}\"\nweight = 1\n\
+             [[upstream.members]]\nname = \"spare\"\napi_key = \"{KEY_B}\"\nweight = 0\n\
+             [[upstream.fallbacks]]\nmodel = \"claude-opus-4-5\"\n\
+             then = [{{ model = \"claude-haiku-4-5\", member = \"spare\" }}]\n"
+        ),
+        mock: sluice_mock::MockOptions {
+            api_keys: vec![KEY_A.into(), KEY_B.into()],
+            record: true,
+            ..sluice_mock::MockOptions::default()
+        },
+        ..Opts::default()
+    })
+    .await;
+    let opus = SMALL.replace("claude-sonnet-4-5", "claude-opus-4-5");
+    let model = |b: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(b).unwrap()["model"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Opus overloaded: Haiku answers.
+    env.mock.set_key_status(KEY_A, Some(529));
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(cache_header(&r).as_deref(), Some("miss"));
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-haiku-4-5");
+    // Opus back: the same request is asked of Opus, not answered with Haiku's reply.
+    env.mock.set_key_status(KEY_A, None);
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(
+        cache_header(&r).as_deref(),
+        Some("miss"),
+        "Haiku's reply was stored"
+    );
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
+    // The primary's reply is stored as usual.
+    let r = env.post_messages(&env.web_key, &opus).send().await.unwrap();
+    assert_eq!(cache_header(&r).as_deref(), Some("hit"));
+    assert_eq!(model(&r.bytes().await.unwrap()), "claude-opus-4-5");
+}
+
+#[tokio::test]
+async fn a_body_with_a_duplicate_key_is_never_cached() {
+    let env = gateway(RC, "").await;
+    let (a, b) = (
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"temperature":0,"temperature":1,"messages":[{"role":"user","content":"Hello"}]}"#,
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"temperature":1,"temperature":0,"messages":[{"role":"user","content":"Hello"}]}"#,
+    );
+    // Each order twice: none of them is answered from another's reply.
+    for body in [a, b, a, b] {
+        let r = env.post_messages(&env.web_key, body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(cache_header(&r).as_deref(), Some("bypass"), "{body}");
+        let _ = r.bytes().await;
+    }
+    assert_eq!(upstream_calls(&env).await, 4);
 }

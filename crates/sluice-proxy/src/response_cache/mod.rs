@@ -9,13 +9,15 @@
 //! - **Per call**: `x-sluice-cache: off` or `cache-control: no-store` bypass the cache (no
 //!   lookup, no store); `x-sluice-cache: refresh` or `cache-control: no-cache` skip the lookup
 //!   and store the new reply.
-//! - **Stored**: only a complete 200: a JSON reply's bytes, or a stream that ended with
-//!   `message_stop` (captured by the [`crate::tap::TapBody`] as it passes), each up to the
-//!   tenant's `max_entry_bytes`, with the cost the call had (what a hit saves).
-//! - **Coalescing**: identical calls in flight at once share one upstream call: the first is
-//!   the leader ([`Flight`]), the others wait for its entry (bounded by the upstream retry
-//!   deadline) and answer as hits; when the leader's reply is not stored they go upstream
-//!   themselves.
+//! - **Stored**: only a complete 200 of the primary routing step (never a fallback's): a JSON
+//!   reply's bytes, or a stream that ended with `message_stop` (captured by the
+//!   [`crate::tap::TapBody`] as it passes), each up to the tenant's `max_entry_bytes`, with the
+//!   cost the call had (what a hit saves).
+//! - **Coalescing**: identical non-streamed calls in flight at once share one upstream call:
+//!   the first is the leader ([`Flight`]), the others wait for its entry (bounded, over all
+//!   they wait on, by the upstream retry deadline) and answer as hits; when the leader's reply
+//!   is not stored they join again, so one of them leads the next try. Streamed calls never
+//!   coalesce (a follower would wait for the leader's whole stream before its first byte).
 //! - **Backends**: in this process (bounded by `caching.response_cache_max_bytes`) or Redis
 //!   (shared by replicas; Redis away is a miss, never a failure).
 
@@ -372,21 +374,23 @@ impl Capture {
 }
 
 /// The cache step of a Messages call: look up (unless the client said otherwise), coalescing
-/// with an identical call in flight. `body` is the request as sent; `wait` bounds how long a
-/// follower waits for its leader.
+/// a non-streamed call with an identical one in flight. `body` is the request as sent (`stream`
+/// its `stream` field); `wait` bounds how long a follower waits, over all the leaders it follows.
 pub(crate) async fn decide(
     s: &AppState,
     tenant: &Arc<str>,
     rc: &ResponseCacheConfig,
     h: &HeaderMap,
     body: &[u8],
+    stream: bool,
     wait: Duration,
 ) -> Decision {
     let m = mode(h);
     if m == Mode::Bypass {
         return Decision::Bypass;
     }
-    // The body was parsed already; one the canonicaliser refuses (too deep) is not cached.
+    // The body was parsed already; one the canonicaliser refuses (too deep, or a key twice in
+    // an object: which one the upstream reads is its choice) is not cached.
     let Some(canonical) = sluice_anthropic::canonical_json(body) else {
         return Decision::Bypass;
     };
@@ -410,20 +414,35 @@ pub(crate) async fn decide(
     if let Some(e) = cache.get(&key, tenant, now()).await {
         return Decision::Hit(e);
     }
-    match cache.join(&key) {
-        Join::Leader(f) => {
-            // A leader may have stored and left between the lookup and the join.
-            if let Some(e) = cache.get(&key, tenant, now()).await {
-                return Decision::Hit(e);
+    // A stream's flight lasts until its last event: waiting on it would turn a follower's
+    // first byte into the leader's last. Streams look up and store, but never coalesce.
+    if stream {
+        return storing(None);
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match cache.join(&key) {
+            Join::Leader(f) => {
+                // A leader may have stored and left between the lookup and the join.
+                if let Some(e) = cache.get(&key, tenant, now()).await {
+                    return Decision::Hit(e);
+                }
+                return storing(Some(f));
             }
-            storing(Some(f))
-        }
-        Join::Follower(mut rx) => {
-            // Ends when the leader's flight is dropped (the channel closes) or at the bound.
-            let _ = tokio::time::timeout(wait, rx.changed()).await;
-            match cache.get(&key, tenant, now()).await {
-                Some(e) => Decision::Hit(e),
-                None => storing(None),
+            Join::Follower(mut rx) => {
+                // Ends when the leader's flight is dropped (the channel closes) or at the bound.
+                let timed_out = tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err();
+                if let Some(e) = cache.get(&key, tenant, now()).await {
+                    return Decision::Hit(e);
+                }
+                // The leader stored nothing (it failed): join again, so one of the followers
+                // leads the next try and the rest wait for it, instead of all of them going
+                // to an upstream that just failed. Past the bound, go without waiting more.
+                if timed_out || tokio::time::Instant::now() >= deadline {
+                    return storing(None);
+                }
             }
         }
     }
