@@ -19,5 +19,5 @@ mod text;
 
 pub use correction::{Correction, CorrectionConfig, CorrectionSlot};
 pub use output::{OutputConfig, OutputEstimator, OutputSlot};
-pub use scan::{InputEstimate, Prefix, estimate_input};
+pub use scan::{InputEstimate, Prefix, estimate_input, estimate_input_auto};
 pub use text::TextProfile;

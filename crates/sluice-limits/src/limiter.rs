@@ -135,6 +135,9 @@ pub struct CallInfo<'a> {
     pub body: &'a [u8],
     /// Wall clock now (Unix ms), for the budget's day and month.
     pub unix_ms: i64,
+    /// The gateway will add prompt-cache breakpoints to this body (automatic prompt caching):
+    /// predict cache reads at the points they will be, not only at the client's own.
+    pub auto_prompt_cache: bool,
 }
 
 impl Limiter {

@@ -975,6 +975,7 @@ async fn two_replicas_run(offset_ms: u64) -> ([u64; 2], u64) {
                 max_tokens: 300,
                 body: body.as_bytes(),
                 unix_ms: 1_700_000_000_000,
+                auto_prompt_cache: false,
             };
             if let Ok(p) = l.acquire(&cfg, info).await {
                 total += 1;

@@ -47,6 +47,7 @@ async fn call(
         max_tokens: 10,
         body: BODY.as_bytes(),
         unix_ms: 1_700_000_000_000,
+        auto_prompt_cache: false,
     };
     match l.acquire(cfg, info).await {
         Ok(p) => {
@@ -280,6 +281,7 @@ async fn a_recently_cached_prefix_is_not_reserved_again_even_as_the_conversation
                 max_tokens: 10,
                 body: body.as_bytes(),
                 unix_ms: 0,
+                auto_prompt_cache: false,
             };
             l.acquire(&cfg, info).await.unwrap()
         }
@@ -359,6 +361,7 @@ async fn per_call_cost() {
             max_tokens: 256,
             body,
             unix_ms: 1_700_000_000_000,
+            auto_prompt_cache: false,
         };
         let p = l.acquire(&cfg, info).await.unwrap();
         p.settle(&usage(12, 40), None);

@@ -18,7 +18,7 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use sluice_anthropic::{parse_message_request, parse_message_response};
-use sluice_config::{Config, ResponseCacheConfig};
+use sluice_config::{Config, PromptCacheMode, ResponseCacheConfig};
 use sluice_core::Provider;
 use sluice_limits::limiter::{Backend, CallInfo, TenantView};
 use sluice_store::LedgerRow;
@@ -79,6 +79,11 @@ pub(crate) struct Call {
     pub key_id: Arc<str>,
     /// The tenant's response cache, read when the tenant was resolved (no second lookup).
     pub response_cache: Option<ResponseCacheConfig>,
+    /// The tenant may use automatic prompt caching (for some class), read with the tenant.
+    pub prompt_cache_maybe: bool,
+    /// This call gets prompt-cache markers: decided before admission (which predicts the
+    /// reads they earn), used by [`Call::forward`].
+    pub prompt_cache: Option<crate::prompt_cache::Auto>,
 }
 
 impl Call {
@@ -109,12 +114,16 @@ impl Call {
         let key = crate::auth::presented_key(&parts.headers)
             .and_then(|k| s.keys().authenticate(k, now_ms))
             .map_err(refuse)?;
-        let (log_bodies, response_cache) = match cfg.tenant(&key.tenant) {
+        let (log_bodies, response_cache, prompt_cache_maybe) = match cfg.tenant(&key.tenant) {
             None => return Err(refuse(GatewayError::TenantUnknown(key.tenant.clone()))),
             Some(t) if !t.enabled => {
                 return Err(refuse(GatewayError::TenantDisabled(key.tenant.clone())));
             }
-            Some(t) => (t.log_bodies, t.response_cache),
+            Some(t) => (
+                t.log_bodies,
+                t.response_cache,
+                t.prompt_cache == PromptCacheMode::Auto || !t.class_prompt_cache.is_empty(),
+            ),
         };
         let row = LedgerRow {
             ts_ms: now_ms,
@@ -152,6 +161,8 @@ impl Call {
             tenant: key.tenant,
             key_id: key.id,
             response_cache,
+            prompt_cache_maybe,
+            prompt_cache: None,
         })
     }
 
@@ -356,6 +367,24 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
         step!(call, free_call(&s, &call));
     }
     if endpoint == "messages" {
+        if call.prompt_cache_maybe {
+            // Decided before admission, with the class admission will use, so the limiter
+            // predicts the cache reads of the markers Sluice is about to add.
+            let class = s.limiter().policy(&call.cfg).class_of(&info.model).clone();
+            let auto = step!(
+                call,
+                crate::prompt_cache::decide(
+                    &call.cfg,
+                    &call.tenant,
+                    Some(&class),
+                    &parts.headers,
+                    &bytes,
+                    Some(&info),
+                    Endpoint::Messages,
+                )
+            );
+            call.prompt_cache = auto;
+        }
         let info = CallInfo {
             tenant: &call.tenant,
             model: &info.model,
@@ -363,6 +392,7 @@ async fn message_call(s: AppState, req: Request, endpoint: &'static str) -> Resp
             max_tokens: info.max_tokens.unwrap_or(0),
             body: &bytes,
             unix_ms: s.clock().unix_ms(),
+            auto_prompt_cache: call.prompt_cache.is_some(),
         };
         let permit = step!(
             call,

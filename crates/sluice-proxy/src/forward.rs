@@ -44,16 +44,8 @@ impl Call {
         endpoint: Endpoint,
         req: Option<&MessageRequest>,
     ) -> Result<http::Response<UpstreamBody>, GatewayError> {
-        let class = self.rec.permit().map(|p| &**p.class());
-        let auto = crate::prompt_cache::decide(
-            &self.cfg,
-            &self.tenant,
-            class,
-            &parts.headers,
-            &body,
-            req,
-            endpoint,
-        )?;
+        // Decided before admission (`message_call`); other endpoints never get markers.
+        let auto = self.prompt_cache.take();
         let mut h = std::mem::take(&mut parts.headers);
         headers::for_upstream(&mut h);
         let upstream = s.upstream();

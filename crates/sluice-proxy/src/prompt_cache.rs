@@ -1,5 +1,6 @@
 //! Automatic prompt caching on the request path: whether a call gets `cache_control` markers
-//! (decided once per call, after admission, when the model class is known) and the body each
+//! (decided once per call, before admission, for the class admission uses, so the limiter can
+//! predict the cache reads the markers will earn) and the body each
 //! routing step sends (edited per provider form, then given the step's model).
 //!
 //! The decision ([`decide`]) is the tenant's policy for the call's class

@@ -674,3 +674,29 @@ async fn a_model_fallback_takes_its_own_models_minimum_and_keeps_the_markers_thr
         [true, true]
     );
 }
+
+/// Admission knows about the markers Sluice adds: a tenant whose input-token limit has room
+/// for one uncached system prompt but not two makes three conversations sharing it back to
+/// back, and each later one is admitted on the read its system breakpoint will earn (cache
+/// reads do not count toward input limits), not refused as if its whole prompt were new input.
+#[tokio::test]
+async fn admission_predicts_the_reads_of_the_breakpoints_sluice_adds() {
+    let env = env_with(opts(
+        "prompt_cache = \"auto\"\nlimits = { input_tokens_per_minute = 4500 }",
+    ))
+    .await;
+    let system = system_prompt();
+    let mut reads = Vec::new();
+    for topic in ["tides", "rivers", "lakes"] {
+        let r = env
+            .post_messages(&env.web_key, &conversation(&system, topic, 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{topic}: {}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        reads.push(v["usage"]["cache_read_input_tokens"].as_i64().unwrap());
+    }
+    assert_eq!(reads[0], 0);
+    assert!(reads[1] > 2_500 && reads[2] > 2_500, "{reads:?}");
+}

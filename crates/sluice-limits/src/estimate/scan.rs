@@ -126,14 +126,24 @@ pub fn estimate_input(body: &[u8]) -> InputEstimate {
     // A block can only carry a breakpoint if the key is in the body (a key spelled with
     // escapes is not the key the upstream reads either).
     static KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"cache_control"));
-    walk(body, KEY.find(body).is_some())
+    walk(body, KEY.find(body).is_some(), false)
 }
 
-/// [`estimate_input`], with prefix tracking chosen by the caller.
-fn walk(body: &[u8], track: bool) -> InputEstimate {
+/// [`estimate_input`] for a body the gateway will give prompt-cache breakpoints itself
+/// (automatic prompt caching) though it declares none: the breakpoints are where those will
+/// be, the end of each part of the prompt (the last tool, the last `system` block, the last
+/// message block), so admission can predict the cache reads they will earn like a client's.
+pub fn estimate_input_auto(body: &[u8]) -> InputEstimate {
+    walk(body, true, true)
+}
+
+/// [`estimate_input`], with prefix tracking chosen by the caller; `auto`: with no declared
+/// breakpoint, each part's last block stands for one.
+fn walk(body: &[u8], track: bool, auto: bool) -> InputEstimate {
     let mut w = Walk {
         b: body,
         track,
+        auto,
         model: (0, 0),
         tool_choice: 0,
         tool_choice_any: false,
@@ -153,6 +163,8 @@ struct Walk<'a> {
     b: &'a [u8],
     /// Prefixes are tracked (the body declares a cache breakpoint).
     track: bool,
+    /// Breakpoints the gateway will add stand in when the body declares none.
+    auto: bool,
     model: Span,
     tool_choice: u64,
     tool_choice_any: bool,
@@ -391,9 +403,36 @@ impl Walk<'_> {
             tokens: round(offset[s] + tok(&m)),
         };
 
+        let n_all: usize = secs.iter().map(|s| s.n_bps.min(BREAKPOINTS)).sum();
+        if self.auto && n_all == 0 {
+            // Each part's last block, where automatic prompt caching puts its breakpoints;
+            // the boundaries before the last one are where a longer earlier turn was cached.
+            for (s, sec) in secs.iter().enumerate() {
+                if let Some(m) = sec.ring.newest_first().next() {
+                    est.breakpoints[est.n_breakpoints] = prefix(s, m);
+                    est.n_breakpoints += 1;
+                }
+            }
+            if let Some(ls) = (0..3)
+                .rev()
+                .find(|&s| secs[s].ring.newest_first().next().is_some())
+            {
+                let last = est.breakpoints().last().copied();
+                est.prefix_hash = last.map(|p| p.hash);
+                est.cached_prefix_tokens = last.map_or(0, |p| p.tokens);
+                let here = secs[ls].ring.newest_first().skip(1).map(|m| (ls, m));
+                let earlier = (0..ls)
+                    .rev()
+                    .flat_map(|s| secs[s].ring.newest_first().map(move |m| (s, m)));
+                for (s, m) in here.chain(earlier).take(LOOKBACK) {
+                    est.lookback[est.n_lookback] = prefix(s, m);
+                    est.n_lookback += 1;
+                }
+            }
+            return est;
+        }
         // The last breakpoints in prompt order.
         let all = (0..3).flat_map(|s| secs[s].breakpoints().map(move |m| (s, m)));
-        let n_all: usize = secs.iter().map(|s| s.n_bps.min(BREAKPOINTS)).sum();
         for (s, m) in all.skip(n_all.saturating_sub(BREAKPOINTS)) {
             est.breakpoints[est.n_breakpoints] = prefix(s, m);
             est.n_breakpoints += 1;

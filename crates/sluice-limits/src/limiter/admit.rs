@@ -12,7 +12,7 @@ use crate::Dimension;
 use crate::backend::{
     AdmitRequest, BackendError, BudgetCheck, Denial, Outcome, Period, ScopeKind, ScopeView,
 };
-use crate::estimate::estimate_input;
+use crate::estimate::{estimate_input, estimate_input_auto};
 use crate::queue::{FairQueue, Place, Seat};
 use crate::redis::Via;
 use sluice_config::{Config, Priority};
@@ -275,7 +275,11 @@ impl Limiter {
                 queue: None,
             });
         }
-        let est = estimate_input(call.body);
+        let est = if call.auto_prompt_cache {
+            estimate_input_auto(call.body)
+        } else {
+            estimate_input(call.body)
+        };
         let correction = Some(self.0.correction.slot(&model));
         let corrected = correction
             .as_ref()

@@ -36,7 +36,7 @@ fn tracking_prefixes_does_not_change_the_count() {
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#.to_string(),
         r#"{"messages":"hi","system":42,"tools":{"a":1}}"#.to_string(),
     ] {
-        let (plain, tracked) = (walk(body.as_bytes(), false), walk(body.as_bytes(), true));
+        let (plain, tracked) = (walk(body.as_bytes(), false, false), walk(body.as_bytes(), true, false));
         assert_eq!(plain.total, tracked.total, "{body}");
         assert_eq!(plain.breakpoints(), &[][..]);
         assert_eq!(estimate_input(body.as_bytes()), if body.contains("cache_control") { tracked } else { plain });
@@ -169,4 +169,37 @@ fn images_documents_and_models() {
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"document","source":{"type":"url","url":"https://example.com/a.pdf"}}]}]}"#,
     );
     assert!(pdf_url.total >= 5 * 2250);
+}
+
+#[test]
+fn automatic_breakpoints_close_each_part_and_match_a_clients_own() {
+    let body = |user: &str, marker: &str| {
+        format!(
+            r#"{{"model":"m","system":[{{"type":"text","text":"{SYS}"{marker}}}],"messages":[{{"role":"user","content":"{user}"}}]}}"#
+        )
+    };
+    let plain = body("Hello there", "");
+    // Without markers, the plain estimate tracks nothing; the automatic one closes `system`
+    // and the last message, and counts the same tokens.
+    assert!(est(&plain).breakpoints().is_empty());
+    let a = estimate_input_auto(plain.as_bytes());
+    assert_eq!(a.total, est(&plain).total);
+    assert_eq!(a.breakpoints().len(), 2);
+    let (sys, last) = (a.breakpoints()[0], a.breakpoints()[1]);
+    assert!(sys.tokens < last.tokens && last.tokens <= a.total);
+    // Another conversation on the same system prompt shares the system breakpoint, which is
+    // the prefix a client's own marker there would name.
+    let b = estimate_input_auto(body("Something else entirely", "").as_bytes());
+    assert_eq!(b.breakpoints()[0].hash, sys.hash);
+    assert_ne!(b.breakpoints()[1].hash, last.hash);
+    let own = est(&body(
+        "Hello there",
+        r#","cache_control":{"type":"ephemeral"}"#,
+    ));
+    assert_eq!(own.breakpoints()[0].hash, sys.hash);
+    // A body that declares its own breakpoints keeps them, automatic or not.
+    let own_auto = estimate_input_auto(
+        body("Hello there", r#","cache_control":{"type":"ephemeral"}"#).as_bytes(),
+    );
+    assert_eq!(own_auto.breakpoints().len(), own.breakpoints().len());
 }
