@@ -50,6 +50,19 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
+def load_paired(out, target):
+    """The paired runs (bench/run's measure_pair) of `sluice` against `target`, by (mode, conns)."""
+    paired = {}
+    pf = out / "paired.jsonl"
+    if pf.exists():
+        for l in pf.read_text().splitlines():
+            if l.strip():
+                d = json.loads(l)
+                if d.get("ratio") is not None and d["b"]["target"] == target:
+                    paired.setdefault((d["mode"], d["conns"]), []).append(d)
+    return paired
+
+
 def redis_rtt(path):
     """(p50 ms, mean ms) of PING_MBULK from a redis-benchmark --csv file, or None."""
     try:
@@ -318,14 +331,7 @@ def cost_of_caching(out, modes, conns, runs, by, cpu):
             lines.append("- Response-cache miss over the plain path (CPU per call, back-to-back runs): "
                          + ", ".join(f"{m} c={c} {d:+.1f} µs" for m, c, d in miss_add) + ".")
 
-    paired = {}
-    pf = out / "paired.jsonl"
-    if pf.exists():
-        for l in pf.read_text().splitlines():
-            if l.strip():
-                d = json.loads(l)
-                if d.get("ratio") is not None and d["b"]["target"] == "sluice_pcache":
-                    paired.setdefault((d["mode"], d["conns"]), []).append(d)
+    paired = load_paired(out, "sluice_pcache")
     long_cells = [c for c in conns if ("long", c, "sluice_pcache") in by]
     if long_cells or paired:
         p("**Automatic prompt caching** (reply kind `long`: a JSON call with a ~3,000-token system "
@@ -495,14 +501,7 @@ def cost_of_limits(out, modes, conns, runs):
             p(line + ".\n")
 
     # ---- paired: both gateways under load at the same moment
-    paired = {}
-    pf = out / "paired.jsonl"
-    if pf.exists():
-        for l in pf.read_text().splitlines():
-            if l.strip():
-                d = json.loads(l)
-                if d.get("ratio") is not None and d["b"]["target"] == "sluice_limits":
-                    paired.setdefault((d["mode"], d["conns"]), []).append(d)
+    paired = load_paired(out, "sluice_limits")
     if paired:
         p("**Paired, at the same moment** (`BENCH_PAIR_ROUNDS`): the no-limits gateway and the "
           "in-process-limits gateway driven together, each by its own wrk with half the "
